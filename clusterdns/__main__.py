@@ -1,0 +1,5 @@
+"""``python -m clusterdns``: the same as the ``clusterdns`` command."""
+
+from clusterdns.cli import main
+
+raise SystemExit(main())

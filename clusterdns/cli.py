@@ -1,0 +1,138 @@
+"""Command line: ``serve``, ``records`` and ``check-config``, with their exit codes.
+
+Flags override the config file, which overrides the defaults. Exit codes: 0 success,
+1 the server stopped because a task failed, 2 bad usage, bad config or a source that
+cannot be read at start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from clusterdns import __version__, config, snapshot
+from clusterdns.config import Config, ConfigError
+from clusterdns.records import to_text
+from clusterdns.source.file import SourceError, load_files
+
+log = logging.getLogger("clusterdns")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="YAML config file (flags override it)")
+    p.add_argument("--source", help="file:PATH[,PATH...] or kubernetes")
+    p.add_argument("--zone", action="append", default=None, metavar="ZONE",
+                   help="zone to serve (repeat; the first forward zone is the cluster domain)")
+    p.add_argument("--ttl", type=int, help="TTL of every record (default 5)")
+    p.add_argument("--pods", choices=[m.value for m in config.PodsMode],
+                   help="pod records: disabled (default), insecure or verified")
+    p.add_argument("--namespaces", metavar="NS[,NS...]", help="expose only these namespaces")
+    p.add_argument("--endpoint-pod-names", action="store_true", default=None,
+                   help="name endpoints without a hostname after their pod")
+    p.add_argument("--ignore-empty-service", action="store_true", default=None,
+                   help="services without ready endpoints answer NXDOMAIN")
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"])
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="clusterdns", description="Authoritative DNS for Kubernetes cluster domains.")
+    p.add_argument("--version", action="version", version=f"clusterdns {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="answer DNS queries")
+    _common(serve)
+    serve.add_argument("--listen", action="append", default=None, metavar="HOST:PORT",
+                       help="address to serve UDP and TCP on (repeat; [::1]:53 for IPv6)")
+    records = sub.add_parser("records", help="print every record served, as master-file text")
+    _common(records)
+    check = sub.add_parser("check-config", help="validate a config file and its source")
+    check.add_argument("file", type=Path)
+    check.add_argument("--log-level", default="warning",
+                       choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    """Defaults <- config file <- flags."""
+    cfg = config.load(args.config) if args.config else Config()
+    changes: dict[str, object] = {}
+    if args.source:
+        changes["source"] = config.parse_source(args.source, key="--source", base=Path.cwd())
+    if args.zone:
+        changes["zones"] = tuple(dict.fromkeys(config.parse_zone(z, key="--zone")
+                                               for z in args.zone))
+    if getattr(args, "listen", None):
+        changes["listen"] = tuple(config.parse_listen(x, key="--listen") for x in args.listen)
+    if args.ttl is not None:
+        if not 0 <= args.ttl <= 3600:
+            raise ConfigError("", "--ttl", f"{args.ttl}: expected a whole number from 0 to 3600")
+        changes["ttl"] = args.ttl
+    if args.pods:
+        changes["pods"] = config.parse_pods(args.pods, key="--pods")
+    if args.namespaces is not None:
+        changes["namespaces"] = config.parse_namespaces(args.namespaces, key="--namespaces")
+    if args.endpoint_pod_names:
+        changes["endpoint_pod_names"] = True
+    if args.ignore_empty_service:
+        changes["ignore_empty_service"] = True
+    return cfg.replace(**changes)
+
+
+def _records(cfg: Config) -> int:
+    if cfg.source.kind != "file":
+        print("clusterdns records: --source kubernetes is not implemented yet; "
+              "use --source file:PATH", file=sys.stderr)
+        return 2
+    result = load_files(cfg.source.paths)
+    for warning in result.warnings:
+        log.warning("%s", warning)
+    snap = snapshot.build(result.cluster, cfg, serial=1)
+    out = sys.stdout
+    out.write(f"; clusterdns {__version__}: every record served from {cfg.source}\n")
+    for rec in snap.records():
+        out.write(to_text(rec) + "\n")
+    return 0
+
+
+def _check(path: Path) -> int:
+    cfg = config.load(path)
+    summary = (f"{path}: ok: zones {', '.join(cfg.zones)}; source {cfg.source}; "
+               f"listen {', '.join(str(a) for a in cfg.listen)}")
+    if cfg.source.kind == "file":
+        result = load_files(cfg.source.paths)
+        for warning in result.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        c = result.cluster
+        summary += (f"; {len(c.namespaces)} namespaces, {len(c.services)} services, "
+                    f"{len(c.endpoint_slices)} endpoint slices, {len(c.pods)} pods")
+    print(summary)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "check-config":
+            return _check(args.file)
+        cfg = build_config(args)
+        if args.command == "records":
+            return _records(cfg)
+        from clusterdns import app
+
+        try:
+            import uvloop
+        except ImportError:
+            return asyncio.run(app.run(cfg))
+        return uvloop.run(app.run(cfg))
+    except (ConfigError, SourceError) as exc:
+        print(f"clusterdns: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0

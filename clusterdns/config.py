@@ -1,0 +1,238 @@
+"""Typed, frozen configuration and its YAML loader.
+
+One ``Config`` value describes everything the server does; the CLI builds one from a
+YAML file plus flags, and a reload builds a whole new one (or rejects the file and keeps
+the old one). Option names follow the CoreDNS ``kubernetes`` plugin where one exists
+(``pods``, ``namespaces``, ``endpoint_pod_names``, ``ttl``, ``ignore_empty_service``), so
+a Corefile translates by eye. Every validation error names the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from clusterdns import names
+
+
+class ConfigError(Exception):
+    """A configuration value is wrong; the message names the file and the key."""
+
+    def __init__(self, where: str, key: str, problem: str) -> None:
+        self.where = where
+        self.key = key
+        self.problem = problem
+        prefix = f"{where}: " if where else ""
+        super().__init__(f"{prefix}{key}: {problem}")
+
+
+class PodsMode(Enum):
+    DISABLED = "disabled"
+    INSECURE = "insecure"
+    VERIFIED = "verified"
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSpec:
+    """Where objects come from: ``file`` with paths, or ``kubernetes``."""
+
+    kind: str
+    paths: tuple[Path, ...] = ()
+
+    def __str__(self) -> str:
+        if self.kind == "file":
+            return "file:" + ",".join(str(p) for p in self.paths)
+        return self.kind
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddr:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+DEFAULT_ZONES = ("cluster.local", "in-addr.arpa", "ip6.arpa")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    zones: tuple[str, ...] = DEFAULT_ZONES
+    source: SourceSpec = SourceSpec("kubernetes")
+    listen: tuple[ListenAddr, ...] = (ListenAddr("0.0.0.0", 53),)
+    ttl: int = 5
+    pods: PodsMode = PodsMode.DISABLED
+    namespaces: frozenset[str] = frozenset()  # empty: every namespace
+    endpoint_pod_names: bool = False
+    ignore_empty_service: bool = False
+    max_udp_size: int = 1232
+    tcp_idle_timeout: float = 10.0
+    tcp_max_connections: int = 1000
+    poll_interval: float = 1.0
+    origin: str = field(default="", compare=False)  # file it came from, for messages
+
+    @property
+    def cluster_domain(self) -> str:
+        """The first forward zone: where services live and PTR targets point."""
+        for zone in self.zones:
+            if not names.is_reverse_zone(zone):
+                return zone
+        return "cluster.local"
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+# ---------------------------------------------------------------------- parsing helpers
+
+
+def parse_zone(text: str, where: str = "", key: str = "zones") -> str:
+    zone = names.normalise(text)
+    if not zone or any(not label or len(label) > 63 for label in zone.split(".")):
+        raise ConfigError(where, key, f"{text!r} is not a valid zone name")
+    return zone
+
+
+def parse_listen(text: str, where: str = "", key: str = "listen") -> ListenAddr:
+    """``HOST:PORT``, ``[V6]:PORT`` or ``:PORT`` (all IPv4 addresses)."""
+    text = str(text).strip()
+    if text.startswith("["):
+        host, sep, port_text = text[1:].partition("]:")
+        if not sep:
+            raise ConfigError(where, key, f"{text!r}: expected [ADDRESS]:PORT")
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise ConfigError(where, key, f"{text!r}: expected HOST:PORT")
+        host = host or "0.0.0.0"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise ConfigError(where, key, f"{text!r}: {host!r} is not an IP address") from None
+        host = "127.0.0.1"
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(where, key, f"{text!r}: port must be a number from 0 to 65535")
+    return ListenAddr(host, int(port_text))
+
+
+def parse_source(
+    text: str, where: str = "", key: str = "source", base: Path | None = None,
+) -> SourceSpec:
+    """``kubernetes`` or ``file:PATH[,PATH...]``; relative paths are taken from ``base``."""
+    text = str(text).strip()
+    if text == "kubernetes":
+        return SourceSpec("kubernetes")
+    if text.startswith("file:"):
+        parts = [p.strip() for p in text[5:].split(",") if p.strip()]
+        if not parts:
+            raise ConfigError(where, key, "file: needs at least one path")
+        paths = tuple((base / p) if base is not None and not Path(p).is_absolute() else Path(p)
+                      for p in parts)
+        return SourceSpec("file", paths)
+    raise ConfigError(where, key, f"{text!r}: expected 'kubernetes' or 'file:PATH[,PATH...]'")
+
+
+def parse_pods(text: str, where: str = "", key: str = "pods") -> PodsMode:
+    try:
+        return PodsMode(str(text).strip().lower())
+    except ValueError:
+        choices = ", ".join(m.value for m in PodsMode)
+        raise ConfigError(where, key, f"{text!r}: expected one of {choices}") from None
+
+
+def parse_namespaces(value: Any, where: str = "", key: str = "namespaces") -> frozenset[str]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ConfigError(where, key, "expected a list of namespace names")
+    out = set()
+    for item in items:
+        if not isinstance(item, str) or not names.is_dns_label(item.strip().lower()):
+            raise ConfigError(where, key, f"{item!r} is not a namespace name")
+        out.add(item.strip().lower())
+    return frozenset(out)
+
+
+def _int(value: Any, where: str, key: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(where, key, f"{value!r}: expected a whole number from {low} to {high}")
+    return value
+
+
+def _number(value: Any, where: str, key: str, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise ConfigError(where, key, f"{value!r}: expected a number from {low} to {high}")
+    return float(value)
+
+
+def _bool(value: Any, where: str, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(where, key, f"{value!r}: expected true or false")
+    return value
+
+
+def _list(value: Any, where: str, key: str) -> list[Any]:
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not value:
+        raise ConfigError(where, key, "expected a non-empty list")
+    return value
+
+
+def _options(where: str, base: Path | None) -> dict[str, Callable[[Any], Any]]:
+    """How each option's YAML value becomes a Config field value."""
+    return {
+        "zones": lambda v: tuple(dict.fromkeys(
+            parse_zone(str(z), where) for z in _list(v, where, "zones"))),
+        "source": lambda v: parse_source(v, where, base=base),
+        "listen": lambda v: tuple(parse_listen(x, where) for x in _list(v, where, "listen")),
+        "ttl": lambda v: _int(v, where, "ttl", 0, 3600),
+        "pods": lambda v: parse_pods(v, where),
+        "namespaces": lambda v: parse_namespaces(v or [], where),
+        "endpoint_pod_names": lambda v: _bool(v, where, "endpoint_pod_names"),
+        "ignore_empty_service": lambda v: _bool(v, where, "ignore_empty_service"),
+        "max_udp_size": lambda v: _int(v, where, "max_udp_size", 512, 65535),
+        "tcp_idle_timeout": lambda v: _number(v, where, "tcp_idle_timeout", 0.1, 3600),
+        "tcp_max_connections": lambda v: _int(v, where, "tcp_max_connections", 1, 1_000_000),
+        "poll_interval": lambda v: _number(v, where, "poll_interval", 0.05, 3600),
+    }
+
+
+def from_mapping(data: Any, where: str = "", base: Path | None = None) -> Config:
+    """Build a Config from a parsed YAML mapping; unknown keys are errors (typos bite)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(where, "(top level)", "expected a mapping of option: value")
+    options = _options(where, base)
+    changes: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in options:
+            raise ConfigError(where, str(key), f"unknown option (known: {', '.join(options)})")
+        changes[key] = options[key](value)
+    return Config(origin=where).replace(**changes)
+
+
+def load(path: Path) -> Config:
+    """Read a YAML config file; relative source paths are relative to the file."""
+    where = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(where, "(file)", f"cannot read: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(where, "(syntax)", f"not valid YAML{at}") from None
+    return from_mapping(data, where, base=path.parent)

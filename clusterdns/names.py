@@ -1,0 +1,115 @@
+"""Name helpers shared by every layer: normal form, labels, reverse names, dashed IPs.
+
+Names inside clusterdns are lower-case text without the trailing dot
+(``httpenv.default.svc.cluster.local``); the root is the empty string. Only ``wire``
+deals with the query's own spelling.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def normalise(name: str) -> str:
+    """Lower-case, strip surrounding whitespace and the trailing dot."""
+    return name.strip().rstrip(".").lower()
+
+
+def is_dns_label(text: str) -> bool:
+    """An RFC 1123 label, as Kubernetes requires for namespace and service names."""
+    return bool(_LABEL.match(text))
+
+
+def join(*parts: str) -> str:
+    return ".".join(p for p in parts if p)
+
+
+def is_subdomain(name: str, zone: str) -> bool:
+    """True when ``name`` is ``zone`` or below it (both in normal form)."""
+    if not zone:
+        return True
+    return name == zone or name.endswith("." + zone)
+
+
+def relative(name: str, zone: str) -> str:
+    """The part of ``name`` left of ``zone`` ("" for the apex)."""
+    return "" if name == zone else name[: -len(zone) - 1]
+
+
+def ancestors(name: str, zone: str) -> list[str]:
+    """Every name strictly between ``zone`` and ``name`` plus ``name`` itself."""
+    out = [name]
+    while name != zone and "." in name:
+        name = name.split(".", 1)[1]
+        if not is_subdomain(name, zone):
+            break
+        out.append(name)
+    return out
+
+
+def is_reverse_zone(zone: str) -> bool:
+    return is_subdomain(zone, "in-addr.arpa") or is_subdomain(zone, "ip6.arpa")
+
+
+def reverse_name(ip: str) -> str:
+    """``10.96.0.1`` -> ``1.0.96.10.in-addr.arpa``; IPv6 -> nibble form under ip6.arpa."""
+    return ipaddress.ip_address(ip).reverse_pointer
+
+
+def ip_from_reverse(name: str) -> str | None:
+    """The address a complete reverse name stands for, or None if it is not one."""
+    if name.endswith(".in-addr.arpa"):
+        parts = name[: -len(".in-addr.arpa")].split(".")
+        if len(parts) != 4 or not all(p.isdigit() and (p == "0" or not p.startswith("0"))
+                                      for p in parts):
+            return None
+        if any(int(p) > 255 for p in parts):
+            return None
+        return ".".join(reversed(parts))
+    if name.endswith(".ip6.arpa"):
+        nibbles = name[: -len(".ip6.arpa")].split(".")
+        if len(nibbles) != 32 or not all(len(n) == 1 and n in "0123456789abcdef" for n in nibbles):
+            return None
+        hexed = "".join(reversed(nibbles))
+        return str(ipaddress.IPv6Address(int(hexed, 16)))
+    return None
+
+
+def dashed_ip(ip: str) -> str:
+    """The endpoint/pod label for an IP: dots or colons become dashes.
+
+    IPv6 ``fd00::1`` -> ``fd00--1``; a leading or trailing dash gets a ``0`` so the
+    label stays valid (``::1`` -> ``0--1``).
+    """
+    if ":" not in ip:
+        return ip.replace(".", "-")
+    label = ip.lower().replace(":", "-")
+    if label.startswith("-"):
+        label = "0" + label
+    if label.endswith("-"):
+        label = label + "0"
+    return label
+
+
+def ip_from_dashed(label: str) -> str | None:
+    """Inverse of :func:`dashed_ip` for pod names; None if the label is not an IP."""
+    if label.count("-") == 3 and ":" not in label:
+        try:
+            return str(ipaddress.IPv4Address(label.replace("-", ".")))
+        except ValueError:
+            return None
+    try:
+        return str(ipaddress.IPv6Address(label.replace("-", ":")))
+    except ValueError:
+        return None
+
+
+def canonical_ip(text: str) -> str | None:
+    """Canonical text for an IP address, or None if ``text`` is not one."""
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        return None

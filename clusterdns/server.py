@@ -1,0 +1,376 @@
+"""The socket shell: UDP and TCP listeners around a bytes-in, bytes-out handler.
+
+This module exists so that no DNS logic ever touches a socket and no socket detail ever
+reaches the DNS logic. It knows framing (one datagram per message on UDP, RFC 7766
+2-byte length prefixes on TCP), binding (UDP and TCP on the same address and port), and
+the limits that keep a hostile or broken client from hurting everyone else: a TCP idle
+timeout, a connection cap, a per-turn pipelining budget and write back-pressure. What a
+message means is the handler's business; the handler must be fast and must not block,
+because it runs inline on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import cast
+
+log = logging.getLogger(__name__)
+
+Handle = Callable[[bytes, bool], bytes | None]
+"""(query bytes, is_tcp) -> reply bytes, or None to send nothing."""
+
+MAX_TCP_MESSAGE = 65535
+_BIND_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    tcp_idle_timeout: float = 10.0
+    """Close a TCP connection after this many seconds without a complete query."""
+    tcp_max_connections: int = 1000
+    """Connections accepted beyond this many open ones are closed at once."""
+    tcp_max_pipelined: int = 100
+    """Queries answered from one connection before yielding the loop to other clients."""
+    tcp_write_high_water: int = 64 * 1024
+    """Unsent reply bytes on a connection above which we stop reading its queries."""
+    tcp_backlog: int = 511
+    stop_grace: float = 1.0
+    """Seconds stop() lets TCP connections flush replies already written before aborting."""
+
+    def __post_init__(self) -> None:
+        if self.tcp_idle_timeout <= 0:
+            raise ValueError("tcp_idle_timeout must be positive")
+        for name in ("tcp_max_connections", "tcp_max_pipelined", "tcp_write_high_water"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+
+
+@dataclass(slots=True)
+class ServerCounters:
+    """Plain counters, read by the metrics exporter."""
+
+    udp_queries: int = 0
+    tcp_queries: int = 0
+    tcp_connections_open: int = 0
+    tcp_connections_refused: int = 0
+    dropped: int = 0
+    """Queries that got no reply: the handler returned None or the reply could not be sent."""
+    handler_errors: int = 0
+
+
+class DNSServer:
+    """UDP and TCP listeners on one or more addresses, all feeding one handler."""
+
+    def __init__(self, handle: Handle, options: ServerOptions) -> None:
+        self.handle = handle
+        self.options = options
+        self.counters = ServerCounters()
+        self.bound: list[tuple[str, int]] = []
+        self._started = False
+        self._stopping = False
+        self._udp: list[tuple[asyncio.DatagramTransport, _UDPProtocol]] = []
+        self._tcp_servers: list[asyncio.Server] = []
+        self._connections: set[_TCPConnection] = set()
+
+    async def start(self, listen: Sequence[tuple[str, int]]) -> None:
+        """Bind UDP and TCP on every (IP literal, port); port 0 picks one free port for both.
+
+        Raises OSError (ValueError for a host that is not an IP literal) with nothing
+        left bound.
+        """
+        if self._started:
+            raise RuntimeError("DNSServer.start() may only be called once")
+        self._started = True
+        loop = asyncio.get_running_loop()
+        try:
+            for host, port in listen:
+                udp_sock, tcp_sock = _bind_pair(host, port)
+                try:
+                    udp = await loop.create_datagram_endpoint(
+                        lambda: _UDPProtocol(self), sock=udp_sock)
+                except BaseException:
+                    udp_sock.close()
+                    tcp_sock.close()
+                    raise
+                self._udp.append(udp)  # from here on stop() owns the UDP socket
+                try:
+                    tcp = await loop.create_server(
+                        lambda: _TCPConnection(self), sock=tcp_sock,
+                        backlog=self.options.tcp_backlog)
+                except BaseException:
+                    tcp_sock.close()
+                    raise
+                self._tcp_servers.append(tcp)
+                name = udp_sock.getsockname()
+                self.bound.append((name[0], name[1]))
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        """Close the listeners and every open TCP connection, and wait until they are gone.
+
+        Connections get ``stop_grace`` seconds to flush replies already written, then
+        they are aborted. Safe to call more than once.
+        """
+        self._stopping = True
+        for server in self._tcp_servers:
+            server.close()
+        for transport, _ in self._udp:
+            transport.close()
+        connections = list(self._connections)
+        for conn in connections:
+            conn.transport.close()
+        if connections:
+            await asyncio.wait([c.closed for c in connections], timeout=self.options.stop_grace)
+            for conn in connections:
+                if not conn.closed.done():
+                    conn.transport.abort()
+            await asyncio.wait([c.closed for c in connections])
+        for server in self._tcp_servers:
+            await server.wait_closed()
+        for _, protocol in self._udp:
+            await protocol.closed
+        self._tcp_servers.clear()
+        self._udp.clear()
+        self.bound.clear()
+
+    def _admit(self, conn: _TCPConnection) -> bool:
+        counters = self.counters
+        if self._stopping or counters.tcp_connections_open >= self.options.tcp_max_connections:
+            counters.tcp_connections_refused += 1
+            return False
+        counters.tcp_connections_open += 1
+        self._connections.add(conn)
+        return True
+
+    def _release(self, conn: _TCPConnection) -> None:
+        self.counters.tcp_connections_open -= 1
+        self._connections.discard(conn)
+
+
+def _bind_pair(host: str, port: int) -> tuple[socket.socket, socket.socket]:
+    """A bound UDP socket and a bound TCP socket on the same address and port.
+
+    With port 0 the kernel picks the UDP port and TCP binds the same number; if that
+    number is taken for TCP, try again with a fresh one a few times.
+    """
+    family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    attempts_left = _BIND_ATTEMPTS if port == 0 else 1
+    while True:
+        attempts_left -= 1
+        udp = _bound_socket(family, socket.SOCK_DGRAM, host, port)
+        chosen: int = udp.getsockname()[1]
+        try:
+            tcp = _bound_socket(family, socket.SOCK_STREAM, host, chosen)
+        except BaseException as exc:
+            udp.close()
+            if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE and attempts_left:
+                log.debug("TCP port %d on %s is taken; picking another port", chosen, host)
+                continue
+            raise
+        return udp, tcp
+
+
+def _bound_socket(
+    family: socket.AddressFamily, kind: socket.SocketKind, host: str, port: int
+) -> socket.socket:
+    sock = socket.socket(family, kind)
+    try:
+        sock.setblocking(False)
+        if family == socket.AF_INET6:
+            # Let `::` and `0.0.0.0` share a port instead of `::` claiming IPv4 as well.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class _UDPProtocol(asyncio.DatagramProtocol):
+    def __init__(self, server: DNSServer) -> None:
+        self._handle = server.handle
+        self._counters = server.counters
+        self._transport: asyncio.DatagramTransport
+        self._write_paused = False
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        counters = self._counters
+        counters.udp_queries += 1
+        try:
+            reply = self._handle(data, False)
+        except Exception:
+            counters.handler_errors += 1
+            log.exception("handler raised on a UDP query from %s; dropping it", addr[0])
+            return
+        if reply is None or self._write_paused:
+            # While paused the socket buffer is full and asyncio would queue without bound.
+            counters.dropped += 1
+            return
+        self._transport.sendto(reply, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors (port unreachable and the like) about earlier replies: nothing to do.
+        log.debug("UDP error ignored: %s", exc)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed.set_result(None)
+
+
+class _TCPConnection(asyncio.Protocol):
+    """One RFC 7766 connection: length-prefixed queries in, replies out in the same order.
+
+    Reading stops while unsent replies exceed the high-water mark (the client is not
+    reading them) or while complete queries wait in the buffer for their next turn.
+    """
+
+    def __init__(self, server: DNSServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._buffer = bytearray()
+        self._accepted = False
+        self._eof = False
+        self._write_paused = False
+        self._reading_paused = False
+        self._pending: asyncio.Handle | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._last_query = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        tr = self.transport = cast(asyncio.Transport, transport)
+        server = self.server
+        if not server._admit(self):
+            log.debug("refusing TCP connection from %s: %d open",
+                      tr.get_extra_info("peername"), server.counters.tcp_connections_open)
+            tr.abort()
+            return
+        self._accepted = True
+        tr.set_write_buffer_limits(high=server.options.tcp_write_high_water)
+        loop = asyncio.get_running_loop()
+        self._last_query = loop.time()
+        self._idle_timer = loop.call_later(server.options.tcp_idle_timeout, self._check_idle)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if self._pending is None:
+            self._process()
+
+    def eof_received(self) -> bool:
+        # Keep the write side open: queries already received still get their replies.
+        self._eof = True
+        if self._pending is None:
+            self._process()
+        return True
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._pending is None:
+            self._process()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._accepted:
+            self.server._release(self)
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        if self._pending is not None:
+            self._pending.cancel()
+        self._buffer.clear()
+        self.closed.set_result(None)
+
+    def _process(self) -> None:
+        """Answer the complete queries in the buffer, up to this turn's budget."""
+        self._pending = None
+        tr = self.transport
+        buf = self._buffer
+        budget = self.server.options.tcp_max_pipelined
+        start = 0
+        while not self._write_paused and not tr.is_closing() and len(buf) - start >= 2:
+            length = buf[start] << 8 | buf[start + 1]
+            if length == 0:
+                log.debug("zero-length TCP message; closing the connection")
+                tr.close()
+                break
+            end = start + 2 + length
+            if len(buf) < end:
+                break
+            if budget == 0:
+                self._pending = asyncio.get_running_loop().call_soon(self._process)
+                break
+            budget -= 1
+            query = bytes(buf[start + 2:end])
+            start = end
+            self._answer(query)
+        del buf[:start]
+        if self._eof and self._pending is None and not self._write_paused:
+            tr.close()
+        self._update_reading()
+
+    def _answer(self, query: bytes) -> None:
+        counters = self.server.counters
+        counters.tcp_queries += 1
+        self._last_query = asyncio.get_running_loop().time()
+        try:
+            reply = self.server.handle(query, True)
+        except Exception:
+            counters.handler_errors += 1
+            log.exception("handler raised on a TCP query from %s; dropping it",
+                          self.transport.get_extra_info("peername"))
+            return
+        if reply is None:
+            counters.dropped += 1
+            return
+        if len(reply) > MAX_TCP_MESSAGE:
+            counters.dropped += 1
+            log.error("reply of %d bytes does not fit TCP framing; closing the connection",
+                      len(reply))
+            self.transport.close()
+            return
+        self.transport.write(len(reply).to_bytes(2, "big") + reply)
+
+    def _update_reading(self) -> None:
+        tr = self.transport
+        if self._eof or tr.is_closing():
+            return
+        want_paused = self._write_paused or self._pending is not None
+        if want_paused != self._reading_paused:
+            if want_paused:
+                tr.pause_reading()
+            else:
+                tr.resume_reading()
+            self._reading_paused = want_paused
+
+    def _check_idle(self) -> None:
+        loop = asyncio.get_running_loop()
+        timeout = self.server.options.tcp_idle_timeout
+        idle_for = loop.time() - self._last_query
+        if idle_for < timeout:
+            self._idle_timer = loop.call_later(timeout - idle_for, self._check_idle)
+            return
+        self._idle_timer = None
+        log.debug("closing TCP connection idle for %.1f s", idle_for)
+        # abort, not close: unsent replies after this long mean the client is not reading.
+        self.transport.abort()

@@ -1,0 +1,271 @@
+"""The file source: serve a cluster dump instead of a live API server.
+
+``kubectl get ns,svc,endpointslices,pods -A -o yaml > dump.yaml`` captures everything
+DNS needs from a cluster; pointing clusterdns at that file lets people test names with
+dig offline, reproduce a user's problem from their dump, and run the demo. Each file may
+hold several YAML documents, each a single object or a ``kind: List`` (or ``ServiceList``
+and the like) with ``items``; ``-o json`` dumps are read with the ``json`` module, which is
+much faster on large files.
+
+A file that cannot be read or parsed fails the whole load (``SourceError``): serving half
+a cluster would turn real names into NXDOMAIN. A single malformed object is skipped with
+a warning that says where it is (file, 1-based document and item numbers, the object,
+the field). ``FileSource`` polls the files' stat data and reloads on change; a broken
+edit is logged and the previous snapshot keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+from clusterdns.convert import SUPPORTED_KINDS, ConvertError, convert, describe
+from clusterdns.objects import Cluster, EndpointSlice, KubeObject, Namespace, Pod, Service
+
+try:
+    from yaml import CSafeLoader as _YamlLoader
+except ImportError:  # PyYAML built without libyaml
+    from yaml import SafeLoader as _YamlLoader  # type: ignore[assignment]
+
+_log = logging.getLogger(__name__)
+
+_FIRST_NON_SPACE = re.compile(r"\S")
+
+# (mtime_ns, size, inode) of a path, or None when it cannot be stat'ed.
+_FileState = tuple[int, int, int] | None
+
+
+class SourceError(Exception):
+    """A file cannot be read or parsed; the message names the file."""
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    cluster: Cluster
+    warnings: tuple[str, ...]  # one per skipped object or document
+    ignored: Mapping[str, int]  # unsupported kind -> number of objects
+
+
+def load_files(paths: Sequence[Path]) -> LoadResult:
+    """Read and convert every object in ``paths``; the last of duplicate objects wins.
+
+    Raises ``SourceError`` when any file cannot be read or parsed.
+    """
+    collector = _Collector()
+    for path in paths:
+        where = str(path)
+        for number, document in enumerate(_parse(path), 1):
+            collector.add_document(f"{where}: document {number}", document)
+    return collector.result()
+
+
+def _parse(path: Path) -> list[Any]:
+    """The documents of one file."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise SourceError(f"{path}: cannot read: not UTF-8 text (byte {exc.start})") from None
+    first = _FIRST_NON_SPACE.search(text)
+    if first is not None and first.group() == "{":
+        try:
+            return [json.loads(text)]
+        except json.JSONDecodeError as exc:
+            raise SourceError(f"{path}: not valid JSON at line {exc.lineno}, "
+                              f"column {exc.colno}: {exc.msg}") from None
+    try:
+        return list(yaml.load_all(text, Loader=_YamlLoader))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise SourceError(f"{path}: not valid YAML{at}: {exc.problem or exc.context}") from None
+    except yaml.reader.ReaderError as exc:
+        # Its position counts bytes in libyaml, characters in Python; the character is
+        # the same, and its first occurrence is where the reader stopped.
+        index = text.find(chr(exc.character))
+        line, column = text.count("\n", 0, index) + 1, index - text.rfind("\n", 0, index)
+        raise SourceError(f"{path}: not valid YAML at line {line}, column {column}: "
+                          f"{exc.reason}") from None
+    except yaml.YAMLError as exc:
+        raise SourceError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+
+
+class _Collector:
+    """Objects by identity (so duplicates replace), plus what was skipped."""
+
+    def __init__(self) -> None:
+        self.namespaces: dict[str, Namespace] = {}
+        self.services: dict[tuple[str, str], Service] = {}
+        self.endpoint_slices: dict[tuple[str, str], EndpointSlice] = {}
+        self.pods: dict[tuple[str, str], Pod] = {}
+        self.warnings: list[str] = []
+        self.ignored: Counter[str] = Counter()
+
+    def add_document(self, place: str, document: Any) -> None:
+        if document is None:
+            return
+        if not isinstance(document, dict):
+            self.warnings.append(f"{place}: expected a mapping, got {describe(document)}")
+            return
+        kind = document.get("kind")
+        if not (isinstance(kind, str) and kind.endswith("List")):
+            self.add_object(place, document, "")
+            return
+        items = document.get("items")
+        if items is None:
+            return
+        if not isinstance(items, list):
+            self.warnings.append(f"{place} ({kind}): items: expected a list, got {describe(items)}")
+            return
+        item_kind = kind[: -len("List")]  # items of a ServiceList may omit kind: Service
+        for number, item in enumerate(items, 1):
+            self.add_object(f"{place}, item {number}", item, item_kind)
+
+    def add_object(self, place: str, raw: Any, default_kind: str) -> None:
+        if not isinstance(raw, dict):
+            self.warnings.append(f"{place}: expected a mapping, got {describe(raw)}")
+            return
+        kind = raw.get("kind")
+        if kind is None or kind == "":
+            kind = default_kind
+        if not isinstance(kind, str):
+            self.warnings.append(f"{place}: kind: expected a string, got {describe(kind)}")
+            return
+        if not kind:
+            self.warnings.append(f"{place}: kind: required")
+            return
+        if kind not in SUPPORTED_KINDS:
+            self.ignored[kind] += 1
+            return
+        try:
+            obj = convert(kind, raw)
+        except ConvertError as exc:
+            self.warnings.append(f"{place} ({_identify(kind, raw)}): {exc}")
+            return
+        self.store(obj)
+
+    def store(self, obj: KubeObject) -> None:
+        match obj:
+            case Namespace():
+                self.namespaces[obj.name] = obj
+            case Service():
+                self.services[obj.namespace, obj.name] = obj
+            case EndpointSlice():
+                self.endpoint_slices[obj.namespace, obj.name] = obj
+            case Pod():
+                self.pods[obj.namespace, obj.name] = obj
+
+    def result(self) -> LoadResult:
+        cluster = Cluster(
+            namespaces=tuple(self.namespaces.values()),
+            services=tuple(self.services.values()),
+            endpoint_slices=tuple(self.endpoint_slices.values()),
+            pods=tuple(self.pods.values()),
+        )
+        ignored = MappingProxyType(dict(sorted(self.ignored.items())))
+        return LoadResult(cluster, tuple(self.warnings), ignored)
+
+
+def _identify(kind: str, raw: Mapping[str, Any]) -> str:
+    """``Service default/web``, ``Namespace prod``, or just the kind when the name is bad."""
+    meta = raw.get("metadata")
+    if not isinstance(meta, dict):
+        return kind
+    name = meta.get("name")
+    if not isinstance(name, str) or not name:
+        return kind
+    if kind == "Namespace":
+        return f"{kind} {name}"
+    namespace = meta.get("namespace")
+    if not isinstance(namespace, str) or not namespace:
+        namespace = "default"
+    return f"{kind} {namespace}/{name}"
+
+
+class FileSource:
+    """Serves the objects in ``paths`` and reloads them when a file changes.
+
+    Call ``load()`` once for the first snapshot (it raises ``SourceError``), then run
+    ``run(publish)`` as a task. A change is a different (mtime_ns, size, inode) of any
+    path, so an atomic rename or a rewrite within the clock's granularity is noticed too.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        poll_interval: float = 1.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._paths = tuple(paths)
+        self._poll_interval = poll_interval
+        self._clock = clock
+        self._sleep = sleep
+        self._seen: tuple[_FileState, ...] | None = None
+
+    def load(self) -> Cluster:
+        """The initial load; raises ``SourceError``."""
+        self._seen = self._states()
+        return self._load()
+
+    async def run(self, publish: Callable[[Cluster], None]) -> None:
+        """Poll forever; publish every successful reload, keep the old cluster otherwise.
+
+        Reloads run in a worker thread so a large dump does not stall query answering.
+        """
+        while True:
+            next_poll = self._clock() + self._poll_interval
+            states = self._states()
+            if states != self._seen:
+                self._seen = states
+                try:
+                    cluster = await asyncio.to_thread(self._load)
+                except SourceError as exc:
+                    _log.error("keeping the previous snapshot: %s", exc)
+                else:
+                    publish(cluster)
+            await self._sleep(max(0.0, next_poll - self._clock()))
+
+    def _states(self) -> tuple[_FileState, ...]:
+        return tuple(_state(path) for path in self._paths)
+
+    def _load(self) -> Cluster:
+        started = self._clock()
+        result = load_files(self._paths)
+        for warning in result.warnings:
+            _log.warning("skipped %s", warning)
+        cluster = result.cluster
+        _log.info(
+            "loaded %d namespaces, %d services, %d endpoint slices, %d pods from %s in %.2f s",
+            len(cluster.namespaces), len(cluster.services), len(cluster.endpoint_slices),
+            len(cluster.pods), ", ".join(str(path) for path in self._paths),
+            self._clock() - started,
+        )
+        if result.ignored:
+            _log.info(
+                "ignored %d objects of unsupported kinds: %s",
+                sum(result.ignored.values()),
+                ", ".join(f"{kind}={count}" for kind, count in result.ignored.items()),
+            )
+        return cluster
+
+
+def _state(path: Path) -> _FileState:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return (stat.st_mtime_ns, stat.st_size, stat.st_ino)

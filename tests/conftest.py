@@ -1,0 +1,159 @@
+"""Shared fixtures: real clusterdns servers on loopback, and a small query helper.
+
+Each server runs the real ``App`` (file source, snapshot, handler, UDP and TCP
+listeners) on its own event loop in a background thread, bound to 127.0.0.1 on a
+free port, so tests talk to it exactly as dig or a pod would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dns.message
+import dns.query
+import dns.rdatatype
+import pytest
+
+from clusterdns.app import App
+from clusterdns.config import Config, ListenAddr, PodsMode, SourceSpec
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_CLUSTER = ROOT / "config" / "demo-cluster.yaml"
+EXTRA_CLUSTER = Path(__file__).resolve().parent / "data" / "extra-cluster.yaml"
+
+
+@dataclass
+class RunningServer:
+    app: App
+    host: str
+    port: int
+    loop: asyncio.AbstractEventLoop
+
+    def ask(self, name: str, rdtype: str = "A", *, tcp: bool = False,
+            edns: bool = True, payload: int = 1232, timeout: float = 3.0,
+            **kwargs: Any) -> dns.message.Message:
+        """One query over UDP (default) or TCP with dnspython; returns the parsed reply."""
+        q = dns.message.make_query(name, rdtype, use_edns=0 if edns else False,
+                                   payload=payload, **kwargs)
+        if tcp:
+            return dns.query.tcp(q, self.host, port=self.port, timeout=timeout)
+        return dns.query.udp(q, self.host, port=self.port, timeout=timeout,
+                             ignore_trailing=False)
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the server's event loop thread and return its result."""
+        async def wrapper() -> Any:
+            return fn()
+        return asyncio.run_coroutine_threadsafe(wrapper(), self.loop).result(timeout=10)
+
+
+def demo_config(**changes: Any) -> Config:
+    base = Config(
+        zones=("cluster.local", "in-addr.arpa", "ip6.arpa"),
+        source=SourceSpec("file", (DEMO_CLUSTER, EXTRA_CLUSTER)),
+        listen=(ListenAddr("127.0.0.1", 0),),
+        pods=PodsMode.INSECURE,
+        poll_interval=0.1,
+    )
+    return base.replace(**changes)
+
+
+@dataclass
+class _Handle:
+    server: RunningServer
+    thread: threading.Thread
+
+
+def _start(config: Config, publish: bool = True) -> _Handle:
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+
+        async def boot() -> None:
+            app = App(config)
+            if publish:
+                await app.start()
+            else:  # bind only: the server stays unsynced until a test publishes
+                await app.server.start([(a.host, a.port) for a in config.listen])
+            box["app"] = app
+            ready.set()
+
+        try:
+            loop.run_until_complete(boot())
+        except BaseException as exc:  # surface start failures in the test thread
+            box["error"] = exc
+            ready.set()
+            return
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, name="clusterdns-test-server", daemon=True)
+    thread.start()
+    ready.wait(timeout=30)
+    if "error" in box:
+        raise box["error"]
+    app: App = box["app"]
+    host, port = app.server.bound[0][:2]
+    return _Handle(RunningServer(app, host, port, loop), thread)
+
+
+def _stop(handle: _Handle) -> None:
+    loop = handle.server.loop
+    asyncio.run_coroutine_threadsafe(handle.server.app.close(), loop).result(timeout=10)
+    loop.call_soon_threadsafe(loop.stop)
+    handle.thread.join(timeout=10)
+    loop.close()
+
+
+@pytest.fixture(scope="session")
+def demo() -> Iterator[RunningServer]:
+    """The demo cluster (plus tests/data/extra-cluster.yaml), pods insecure."""
+    handle = _start(demo_config())
+    yield handle.server
+    _stop(handle)
+
+
+@pytest.fixture
+def make_server() -> Iterator[Callable[..., RunningServer]]:
+    """Start a server with config changes: ``make_server(pods=PodsMode.VERIFIED)``.
+
+    ``publish=False`` binds the sockets without loading anything, so the server answers
+    as it does before the first sync.
+    """
+    started: list[_Handle] = []
+
+    def factory(*, publish: bool = True, **changes: Any) -> RunningServer:
+        handle = _start(demo_config(**changes), publish=publish)
+        started.append(handle)
+        return handle.server
+
+    yield factory
+    for handle in started:
+        _stop(handle)
+
+
+@pytest.fixture(params=["udp", "tcp"])
+def proto(request: pytest.FixtureRequest) -> str:
+    """Run a test once over UDP and once over TCP."""
+    return str(request.param)
+
+
+def rrset_texts(msg: dns.message.Message, section: str = "answer") -> list[str]:
+    """Each record of a section as ``name ttl IN TYPE rdata`` text, in order."""
+    out: list[str] = []
+    for rrset in getattr(msg, section):
+        for rd in rrset:
+            out.append(f"{rrset.name} {rrset.ttl} IN {dns.rdatatype.to_text(rrset.rdtype)} {rd}")
+    return out
+
+
+def addresses(msg: dns.message.Message, rdtype: str = "A") -> list[str]:
+    t = dns.rdatatype.from_text(rdtype)
+    return [rd.to_text() for rrset in msg.answer if rrset.rdtype == t for rd in rrset]
