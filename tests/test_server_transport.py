@@ -21,7 +21,7 @@ import dns.query
 import dns.rrset
 import pytest
 
-from clusterdns.server import DNSServer, ServerOptions
+from clusterdns.server import DNSServer, Handle, ServerOptions
 
 BOOM = dns.name.from_text("boom.example.")
 DROP = dns.name.from_text("drop.example.")
@@ -139,8 +139,9 @@ class Servers:
         self.started: list[DNSServer] = []
 
     async def start(self, options: ServerOptions | None = None,
-                    listen: Sequence[tuple[str, int]] = ((LOOPBACK, 0),)) -> DNSServer:
-        server = DNSServer(answer, options or ServerOptions())
+                    listen: Sequence[tuple[str, int]] = ((LOOPBACK, 0),),
+                    handle: Handle = answer) -> DNSServer:
+        server = DNSServer(handle, options or ServerOptions())
         self.started.append(server)
         async with asyncio.timeout(STEP):
             await server.start(listen)
@@ -320,13 +321,33 @@ async def test_tcp_answers_queries_split_byte_by_byte_across_segments(
     assert server.counters.tcp_queries == 2
 
 
-async def test_tcp_answers_every_pipelined_query_in_order_beyond_the_per_turn_budget(
+async def test_tcp_yields_the_loop_after_the_pipelining_budget_and_still_answers_in_order(
         servers: Servers, clients: Clients) -> None:
-    server = await servers.start(ServerOptions(tcp_max_pipelined=2))
-    sock = await clients.tcp(server.bound[0][1])
-    await send(sock, b"".join(frame(f"p{i}.example.", i) for i in range(1, 8)))
-    for i in range(1, 8):
-        assert_a_reply(await read_reply(sock), f"p{i}.example.", i)
+    loop = asyncio.get_running_loop()
+    turn = 0
+
+    def tick() -> None:  # counts event-loop iterations while the test runs
+        nonlocal turn
+        turn += 1
+        ticker[0] = loop.call_soon(tick)
+
+    ticker = [loop.call_soon(tick)]
+    turns_seen: list[int] = []
+
+    def recording(data: bytes, tcp: bool) -> bytes | None:
+        turns_seen.append(turn)
+        return answer(data, tcp)
+
+    try:
+        server = await servers.start(ServerOptions(tcp_max_pipelined=2), handle=recording)
+        sock = await clients.tcp(server.bound[0][1])
+        await send(sock, b"".join(frame(f"p{i}.example.", i) for i in range(1, 8)))
+        for i in range(1, 8):
+            assert_a_reply(await read_reply(sock), f"p{i}.example.", i)
+    finally:
+        ticker[0].cancel()
+    assert len(turns_seen) == 7
+    assert len(set(turns_seen)) >= 4  # at most two queries per loop turn
 
 
 async def test_tcp_answers_queries_sent_before_the_client_half_closes(
