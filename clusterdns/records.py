@@ -224,8 +224,10 @@ def service_records(
     for owner, number, target in unique:
         out.append(Record(owner, ttl, SRV(0, srv_weight(by_owner[owner]), number, target)))
     # The bare service name answers SRV with every named port (SPEC §S2.5).
-    for _owner, number, target in unique:
-        out.append(Record(base, ttl, SRV(0, srv_weight(len(unique)), number, target)))
+    # Two ports with one number (dns/UDP and dns-tcp/TCP on 53) are one record here.
+    bare = list(dict.fromkeys((number, target) for _, number, target in unique))
+    for number, target in bare:
+        out.append(Record(base, ttl, SRV(0, srv_weight(len(bare)), number, target)))
     return out
 
 

@@ -73,7 +73,7 @@ def resolve(snap: Snapshot, qname: str, qtype: int, rotation: int = 0) -> Decisi
             why = _why_missing(snap, name, zone)
             return _merge(chain, _negative(snap, zone, Outcome.NXDOMAIN, why))
         cname = node.get(RRType.CNAME)
-        if cname and qtype != RRType.CNAME:
+        if cname and qtype not in (RRType.CNAME, RRType.ANY):
             chain.extend(cname)
             target = cname[0].data.target  # type: ignore[union-attr]
             next_zone = snap.zone_for(target)
@@ -86,9 +86,10 @@ def resolve(snap: Snapshot, qname: str, qtype: int, rotation: int = 0) -> Decisi
             if not node:
                 why = _why_nodata(name, "ANY")
                 return _merge(chain, _negative(snap, zone, Outcome.NODATA, why))
-            # RFC 8482: one synthesised HINFO instead of every RRset.
-            hinfo = Record(name, snap.config.ttl, HINFO("RFC8482", ""))
-            return _merge(chain, Decision(Outcome.SUCCESS, (hinfo,), authoritative=True))
+            # RFC 8482: one RRset instead of all of them: the CNAME of an alias (what
+            # RFC 1034 would return), else a synthesised HINFO.
+            minimal = cname or (Record(name, snap.config.ttl, HINFO("RFC8482", "")),)
+            return _merge(chain, Decision(Outcome.SUCCESS, minimal, authoritative=True))
         rrset = node.get(RRType(qtype)) if qtype in RRType._value2member_map_ else None
         if not rrset:
             why = _why_nodata(name, _type_name(qtype))

@@ -41,7 +41,8 @@ class Snapshot:
     nodes: Mapping[str, Node]
     namespaces: frozenset[str]  # exposed namespaces that exist
     pod_ips: frozenset[tuple[str, str]]  # (namespace, ip) of every pod, for pods verified
-    services: Mapping[tuple[str, str], ServiceInfo] = field(default_factory=dict)
+    services: Mapping[tuple[str, str], ServiceInfo] = field(
+        default_factory=lambda: MappingProxyType({}))
 
     def zone_for(self, name: str) -> str | None:
         for zone in self.zones:

@@ -97,44 +97,114 @@ def normal_name(labels: Sequence[bytes]) -> str:
     return ".".join(lab.decode("latin-1").replace(".", "\\.") for lab in labels).lower()
 
 
-def _question_bytes(data: bytes) -> bytes:
-    """The first question's raw bytes, or b"" when it cannot be read."""
-    if len(data) < HEADER.size or HEADER.unpack_from(data)[2] < 1:
-        return b""
-    try:
-        buf = dnslib.DNSBuffer(data)
-        buf.offset = HEADER.size
-        dnslib.DNSQuestion.parse(buf)
-        return bytes(data[HEADER.size: buf.offset])
-    except Exception:
-        return b""
+class _Bad(Exception):
+    """Internal: where parsing stopped and why."""
+
+
+def _read_labels(data: bytes, pos: int) -> tuple[list[bytes], int]:
+    """An uncompressed name at ``pos`` (a question name cannot point anywhere valid)."""
+    labels: list[bytes] = []
+    total = 1
+    while True:
+        if pos >= len(data):
+            raise _Bad("name runs past the end of the packet")
+        length = data[pos]
+        if length == 0:
+            return labels, pos + 1
+        if length & 0xC0:
+            raise _Bad("compression pointer or extended label in the question name")
+        end = pos + 1 + length
+        if end > len(data):
+            raise _Bad("label runs past the end of the packet")
+        total += length + 1
+        if total > 255:
+            raise _Bad("name longer than 255 octets")
+        labels.append(bytes(data[pos + 1:end]))
+        pos = end
+
+
+def _skip_name(data: bytes, pos: int) -> int:
+    """Offset after a possibly compressed name (RR owners in queries are rarely used)."""
+    while True:
+        if pos >= len(data):
+            raise _Bad("name runs past the end of the packet")
+        length = data[pos]
+        if length & 0xC0 == 0xC0:
+            if pos + 2 > len(data):
+                raise _Bad("truncated compression pointer")
+            return pos + 2
+        if length & 0xC0:
+            raise _Bad("extended label type")
+        if length == 0:
+            return pos + 1
+        pos += 1 + length
 
 
 def parse(data: bytes) -> Query:
+    """A query from wire bytes, strictly: anything malformed raises ``Malformed``.
+
+    Any octet is legal in a label (RFC 2181 §11); such names simply are not ours.
+    """
     header = peek_header(data)
+    if header is None:
+        raise Malformed("shorter than a DNS header", None, b"")
+    qd, an, ns, ar = struct.unpack_from("!HHHH", data, 4)
+    pos = HEADER.size
+    labels: list[bytes] | None = None
+    qtype = qclass = 0
+    question_raw = b""
     try:
-        msg = dnslib.DNSRecord.parse(data)
-    except Exception as exc:
-        raise Malformed(f"unparseable: {exc}", header, _question_bytes(data)) from None
-    assert header is not None
-    opts = [r for r in msg.ar if r.rtype == rr.RRType.OPT]
-    edns: Edns | None = None
-    question = msg.questions[0] if msg.questions else None
-    if len(opts) > 1 or (opts and tuple(opts[0].rname.label)):
-        raise Malformed("bad OPT record", header, _question_bytes(data))
-    if opts:
-        opt = opts[0]
-        options = tuple((o.code, bytes(o.data)) for o in opt.rdata) if isinstance(
-            opt.rdata, list) else ()
-        edns = Edns(payload=opt.rclass, version=(opt.ttl >> 16) & 0xFF,
-                    do=bool(opt.ttl & 0x8000), options=options)
+        if qd >= 1:
+            labels, pos = _read_labels(data, pos)
+            if pos + 4 > len(data):
+                raise _Bad("question type and class missing")
+            qtype, qclass = struct.unpack_from("!HH", data, pos)
+            pos += 4
+            question_raw = bytes(data[HEADER.size:pos])
+            for _ in range(qd - 1):  # further questions: skip them (QDCOUNT != 1 is FORMERR)
+                _, pos = _read_labels(data, pos)
+                pos += 4
+        edns: Edns | None = None
+        for index in range(an + ns + ar):
+            owner = pos
+            pos = _skip_name(data, pos)
+            if pos + 10 > len(data):
+                raise _Bad("resource record header runs past the end")
+            rtype, rclass, ttl, rdlen = struct.unpack_from("!HHIH", data, pos)
+            pos += 10
+            if pos + rdlen > len(data):
+                raise _Bad("rdata runs past the end")
+            if rtype == rr.RRType.OPT:
+                if index < an + ns or data[owner] != 0 or edns is not None:
+                    raise _Bad("OPT must be a single record with the root name in Additional")
+                edns = Edns(rclass, (ttl >> 16) & 0xFF, bool(ttl & 0x8000),
+                            _options(data[pos:pos + rdlen]))
+            pos += rdlen
+    except (_Bad, struct.error) as exc:
+        raise Malformed(str(exc), header, question_raw) from None
+    question = None
+    if labels is not None:
+        question = dnslib.DNSQuestion(dnslib.DNSLabel(labels), qtype, qclass)
     return Query(
-        id=header[0], flags=header[1], qdcount=len(msg.questions),
-        qname=normal_name(question.qname.label) if question is not None else "",
-        qtype=question.qtype if question is not None else 0,
-        qclass=question.qclass if question is not None else 0,
-        edns=edns, question=question,
+        id=header[0], flags=header[1], qdcount=qd,
+        qname=normal_name(labels) if labels is not None else "",
+        qtype=qtype, qclass=qclass, edns=edns, question=question,
     )
+
+
+def _options(rdata: bytes) -> tuple[tuple[int, bytes], ...]:
+    out = []
+    pos = 0
+    while pos < len(rdata):
+        if pos + 4 > len(rdata):
+            raise _Bad("truncated EDNS option")
+        code, length = struct.unpack_from("!HH", rdata, pos)
+        pos += 4
+        if pos + length > len(rdata):
+            raise _Bad("EDNS option runs past the OPT record")
+        out.append((code, bytes(rdata[pos:pos + length])))
+        pos += length
+    return tuple(out)
 
 
 # ----------------------------------------------------------------------------- encoding
@@ -213,21 +283,20 @@ def encode(query: Query, decision: Decision, limit: int, server_max: int,
         flags |= FLAG_AA
     if recursion_available:
         flags |= 0x0080
-    opt = _opt(query, server_max, decision.ede, 0) if query.edns is not None else None
 
     sections = [_rrsets(decision.answer), _rrsets(decision.authority),
                 _rrsets(decision.additional)]
     groups = [(i, [_rr(r, query) for r in rs]) for i, sec in enumerate(sections) for rs in sec]
     required = len(sections[0]) + len(sections[1])
 
-    def pack(keep: int) -> bytes:
+    def pack(keep: int, explain: bool = True) -> bytes:
         tc = FLAG_TC if keep < required else 0
         msg = dnslib.DNSRecord(dnslib.DNSHeader(id=query.id), q=query.question)
         msg.header.bitmap = flags | tc
         for section, rrs in groups[:keep]:
             (msg.rr if section == 0 else msg.auth if section == 1 else msg.ar).extend(rrs)
-        if opt is not None:
-            msg.ar.append(opt)
+        if query.edns is not None:
+            msg.ar.append(_opt(query, server_max, decision.ede if explain else None, 0))
         return bytes(msg.pack())
 
     full = pack(len(groups))
@@ -235,6 +304,8 @@ def encode(query: Query, decision: Decision, limit: int, server_max: int,
         return full
     lo, hi = 0, len(groups) - 1  # largest prefix of RRsets that fits
     best = pack(0)
+    if len(best) > limit:  # a long extended-error text is the last thing to give way
+        return pack(0, explain=False)
     while lo <= hi:
         mid = (lo + hi) // 2
         candidate = pack(mid)
