@@ -266,7 +266,10 @@ def _opt(query: Query, server_max: int, ede: tuple[int, str] | None, ext_rcode: 
     if ede is not None:
         code, text = ede
         opts.append(dnslib.EDNSOption(OPT_EDE, struct.pack("!H", code) + text.encode()))
-    return dnslib.EDNS0(udp_len=server_max, ext_rcode=ext_rcode, opts=opts)
+    # RFC 3225 §3: the DO bit is copied from the query (we sign nothing, so it changes
+    # nothing else).
+    flags = "do" if query.edns is not None and query.edns.do else ""
+    return dnslib.EDNS0(udp_len=server_max, ext_rcode=ext_rcode, flags=flags, opts=opts)
 
 
 def encode(query: Query, decision: Decision, limit: int, server_max: int,
