@@ -73,27 +73,29 @@ class Handler:
             self.stats.formerr += 1
             return wire.encode_error(None, bad.header, bad.question, Outcome.FORMERR,
                                      self.max_udp_size)
-        if query.opcode != 0:
-            return self._error(query, Outcome.NOTIMP, "only QUERY is implemented")
-        if query.qdcount != 1:
-            self.stats.formerr += 1
-            return self._error(query, Outcome.FORMERR,
-                               f"expected exactly one question, got {query.qdcount}")
-        if query.edns is not None and query.edns.version != 0:
+        if query.edns is not None and query.edns.version != 0 and query.opcode == 0:
             return wire.encode_badvers(query, self.max_udp_size)
-        if query.qclass not in (CLASS_IN, CLASS_ANY):
-            return self._error(query, Outcome.REFUSED, "only class IN is served")
-        if query.qtype in META_TYPES:
-            return self._error(query, Outcome.NOTIMP, "meta query types are not supported")
-        decision = resolver.resolve(self.ref.get(), query.qname, query.qtype,
-                                    next(self._rotation))
+        decision = self._refuse(query)
+        if decision is None:
+            decision = resolver.resolve(self.ref.get(), query.qname, query.qtype,
+                                        next(self._rotation))
         limit = wire.TCP_MAX if tcp else query.udp_limit(self.max_udp_size)
         reply = wire.encode(query, decision, limit, self.max_udp_size)
         if reply[2] & 0x02:
             self.stats.truncated += 1
         return reply
 
-    def _error(self, query: wire.Query, outcome: Outcome, text: str) -> bytes:
-        code = EDE.NOT_SUPPORTED if outcome is Outcome.NOTIMP else EDE.OTHER
-        return wire.encode(query, Decision(outcome, ede=(code, text)), wire.TCP_MAX,
-                           self.max_udp_size)
+    def _refuse(self, query: wire.Query) -> Decision | None:
+        """The rungs of the ladder after parsing; None when the query may be resolved."""
+        if query.opcode != 0:
+            return Decision(Outcome.NOTIMP, ede=(EDE.NOT_SUPPORTED, "only QUERY is implemented"))
+        if query.qdcount != 1:
+            self.stats.formerr += 1
+            return Decision(Outcome.FORMERR, ede=(
+                EDE.OTHER, f"expected exactly one question, got {query.qdcount}"))
+        if query.qclass not in (CLASS_IN, CLASS_ANY):
+            return Decision(Outcome.REFUSED, ede=(EDE.OTHER, "only class IN is served"))
+        if query.qtype in META_TYPES:
+            return Decision(Outcome.NOTIMP, ede=(
+                EDE.NOT_SUPPORTED, "meta query types are not supported"))
+        return None
