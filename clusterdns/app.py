@@ -1,9 +1,12 @@
 """Wiring: source -> snapshot reference -> handler -> sockets, with named guarded tasks.
 
-``App`` owns the one ``SnapshotRef``. It loads the source first (so a broken start
-fails before any socket is bound), starts the listeners, publishes the first snapshot,
-then runs the source's watch loop as a named task. The first root task that dies stops
-the process with a clear message; SIGTERM and SIGINT stop it cleanly.
+``App`` owns the one ``SnapshotRef``. With the file source it loads first (so a broken
+start fails before any socket is bound), binds, and publishes at once. With the
+Kubernetes source it binds first and answers SERVFAIL in our zones until every watched
+kind has listed. Either way, sources only say "something changed"; one rebuild task
+coalesces bursts of changes into few snapshot builds, runs each build off the event loop
+and publishes it with one reference swap, recording programming latency. The first root
+task that dies stops the process with a clear message; SIGTERM and SIGINT stop it.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
+from collections import deque
 from collections.abc import Coroutine
 from typing import Any
 
@@ -19,45 +24,95 @@ from clusterdns.config import Config
 from clusterdns.handler import Handler
 from clusterdns.objects import Cluster
 from clusterdns.server import DNSServer, ServerOptions
-from clusterdns.snapshot import SnapshotRef, unsynced
+from clusterdns.snapshot import Snapshot, SnapshotRef, unsynced
 from clusterdns.source.file import FileSource, SourceError
+from clusterdns.source.kube import KubeSource, KubeSourceError
 
 log = logging.getLogger(__name__)
 
-
-class StartupError(Exception):
-    """The server cannot start; the message says why (exit code 2)."""
+COALESCE_SECONDS = 0.01  # gather a burst of events into one rebuild
 
 
 class App:
-    def __init__(self, config: Config) -> None:
-        if config.source.kind != "file":
-            raise StartupError(
-                "--source kubernetes is not implemented yet; use --source file:PATH "
-                "(a dump from `kubectl get ns,svc,endpointslices,pods -A -o yaml`)")
+    def __init__(self, config: Config, *, kube: KubeSource | None = None) -> None:
         self.config = config
         self.ref = SnapshotRef(unsynced(config))
         self.handler = Handler(self.ref, config.max_udp_size)
         self.server = DNSServer(self.handler.handle, ServerOptions(
             tcp_idle_timeout=config.tcp_idle_timeout,
             tcp_max_connections=config.tcp_max_connections))
-        self.source = FileSource(config.source.paths, config.poll_interval)
+        self.file: FileSource | None = None
+        self.kube: KubeSource | None = None
+        if config.source.kind == "file":
+            self.file = FileSource(config.source.paths, config.poll_interval)
+        else:
+            self.kube = kube or KubeSource(config)
+        self._file_cluster: Cluster | None = None
+        self._dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
         self.failure: str | None = None
+        # Seconds from an event reaching us (or from its trigger time) to publication.
+        self.programming_latency: deque[float] = deque(maxlen=10_000)
+        self.trigger_latency: deque[float] = deque(maxlen=10_000)
 
-    def publish(self, cluster: Cluster) -> None:
+    # ----------------------------------------------------------------- publication
+
+    def publish(self, cluster: Cluster) -> Snapshot:
+        """Build and publish a snapshot of ``cluster`` now, on the calling thread."""
         snap = self.ref.publish_cluster(cluster, self.config)
-        log.info("published snapshot serial %d (%d names)", snap.serial, len(snap.nodes))
+        log.debug("published snapshot serial %d (%d names)", snap.serial, len(snap.nodes))
+        return snap
+
+    def changed(self) -> None:
+        """A source has something new; the rebuild task will pick it up."""
+        self._dirty.set()
+
+    def _file_changed(self, cluster: Cluster) -> None:
+        self._file_cluster = cluster
+        self.changed()
+
+    def _current_cluster(self) -> Cluster:
+        if self.kube is not None:
+            return self.kube.cluster()
+        assert self._file_cluster is not None
+        return self._file_cluster
+
+    async def _rebuild_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            await asyncio.sleep(COALESCE_SECONDS)
+            self._dirty.clear()
+            pending = self.kube.take_pending() if self.kube is not None else []
+            cluster = self._current_cluster()
+            await asyncio.to_thread(self.publish, cluster)
+            now, wall = time.monotonic(), time.time()
+            self.programming_latency.extend(now - p.received for p in pending)
+            self.trigger_latency.extend(wall - p.triggered for p in pending
+                                        if p.triggered is not None)
+
+    # ------------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
-        """Load, bind, publish, then watch. Raises StartupError or OSError."""
-        cluster = self.source.load()
+        """Load (file), bind, publish (file), then watch. Raises on a broken start."""
+        if self.file is not None:
+            self._file_cluster = self.file.load()
+        elif self.kube is not None:
+            await self.kube.connect()
         await self.server.start([(a.host, a.port) for a in self.config.listen])
         for host, port in self.server.bound:
             log.info("listening on %s port %d (udp and tcp)", host, port)
-        self.publish(cluster)
-        self._spawn("file-source", self.source.run(self.publish))
+        if self._file_cluster is not None:
+            snap = self.publish(self._file_cluster)
+            log.info("published snapshot serial %d (%d names)", snap.serial, len(snap.nodes))
+        self._spawn("rebuild", self._rebuild_loop())
+        if self.file is not None:
+            self._spawn("file-source", self.file.run(self._file_changed))
+        elif self.kube is not None:
+            self._spawn("kube-source", self.kube.run(self.changed))
+
+    def ready(self) -> bool:
+        return self.ref.get().synced
 
     def _spawn(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -85,19 +140,23 @@ class App:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.kube is not None:
+            await self.kube.close()
         await self.server.stop()
 
 
 async def run(config: Config) -> int:
     """Serve until SIGTERM/SIGINT or a fatal task failure; the process exit code."""
+    app = App(config)
     try:
-        app = App(config)
         await app.start()
-    except (StartupError, SourceError) as exc:
+    except (SourceError, KubeSourceError) as exc:
         log.error("%s", exc)
+        await app.close()
         return 2
     except OSError as exc:
         log.error("cannot start: %s", exc)
+        await app.close()
         return 2
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

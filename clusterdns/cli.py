@@ -18,6 +18,7 @@ from clusterdns import __version__, config, snapshot
 from clusterdns.config import Config, ConfigError
 from clusterdns.records import to_text
 from clusterdns.source.file import SourceError, load_files
+from clusterdns.source.kube import KubeSourceError
 
 log = logging.getLogger("clusterdns")
 
@@ -35,6 +36,12 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="name endpoints without a hostname after their pod")
     p.add_argument("--ignore-empty-service", action="store_true", default=None,
                    help="services without ready endpoints answer NXDOMAIN")
+    p.add_argument("--kubeconfig", metavar="PATH",
+                   help="kubeconfig for --source kubernetes (default: $KUBECONFIG, "
+                        "~/.kube/config, then the in-cluster service account)")
+    p.add_argument("--context", help="kubeconfig context (default: the current one)")
+    p.add_argument("--labels", metavar="SELECTOR",
+                   help="serve only services matching this label selector")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
 
@@ -80,18 +87,26 @@ def build_config(args: argparse.Namespace) -> Config:
         changes["endpoint_pod_names"] = True
     if args.ignore_empty_service:
         changes["ignore_empty_service"] = True
+    for key in ("kubeconfig", "context", "labels"):
+        if getattr(args, key, None):
+            changes[key] = getattr(args, key)
     return cfg.replace(**changes)
 
 
 def _records(cfg: Config) -> int:
-    if cfg.source.kind != "file":
-        print("clusterdns records: --source kubernetes is not implemented yet; "
-              "use --source file:PATH", file=sys.stderr)
-        return 2
-    result = load_files(cfg.source.paths)
-    for warning in result.warnings:
-        log.warning("%s", warning)
-    snap = snapshot.build(result.cluster, cfg, serial=1)
+    if cfg.source.kind == "file":
+        result = load_files(cfg.source.paths)
+        for warning in result.warnings:
+            log.warning("%s", warning)
+        cluster = result.cluster
+    else:
+        from clusterdns.source.kube import ApiError, KubeSource
+
+        try:
+            cluster = asyncio.run(KubeSource(cfg).list_once())
+        except ApiError as exc:
+            raise KubeSourceError(f"cannot list from the API server: {exc}") from None
+    snap = snapshot.build(cluster, cfg, serial=1)
     out = sys.stdout
     out.write(f"; clusterdns {__version__}: every record served from {cfg.source}\n")
     for rec in snap.records():
@@ -131,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ImportError:
             return asyncio.run(app.run(cfg))
         return uvloop.run(app.run(cfg))
-    except (ConfigError, SourceError) as exc:
+    except (ConfigError, SourceError, KubeSourceError) as exc:
         print(f"clusterdns: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

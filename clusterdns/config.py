@@ -78,6 +78,9 @@ class Config:
     tcp_idle_timeout: float = 10.0
     tcp_max_connections: int = 1000
     poll_interval: float = 1.0
+    kubeconfig: str = ""  # "" -> $KUBECONFIG, ~/.kube/config, then in-cluster config
+    context: str = ""  # kubeconfig context; "" -> the current context
+    labels: str = ""  # label selector: only services matching it are served
     origin: str = field(default="", compare=False)  # file it came from, for messages
 
     @property
@@ -180,6 +183,12 @@ def _bool(value: Any, where: str, key: str) -> bool:
     return value
 
 
+def _str(value: Any, where: str, key: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(where, key, f"{value!r}: expected a string")
+    return value
+
+
 def _list(value: Any, where: str, key: str) -> list[Any]:
     if isinstance(value, str):
         return [value]
@@ -204,6 +213,10 @@ def _options(where: str, base: Path | None) -> dict[str, Callable[[Any], Any]]:
         "tcp_idle_timeout": lambda v: _number(v, where, "tcp_idle_timeout", 0.1, 3600),
         "tcp_max_connections": lambda v: _int(v, where, "tcp_max_connections", 1, 1_000_000),
         "poll_interval": lambda v: _number(v, where, "poll_interval", 0.05, 3600),
+        "kubeconfig": lambda v: str(base / v) if base is not None and v and not Path(
+            str(v)).is_absolute() else _str(v, where, "kubeconfig"),
+        "context": lambda v: _str(v, where, "context"),
+        "labels": lambda v: _str(v, where, "labels"),
     }
 
 

@@ -8,6 +8,7 @@ names the file and the key, flags override the config file.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import subprocess
@@ -34,9 +35,11 @@ DEMO_CONFIG = ROOT / "config" / "demo.yaml"
 TIMEOUT = 20.0
 
 
-def run(*args: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
+def run(*args: str, timeout: float = TIMEOUT,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "clusterdns", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+                          capture_output=True, text=True, timeout=timeout, check=False,
+                          env=env)
 
 
 @dataclass(frozen=True)
@@ -244,11 +247,16 @@ def test_serve_with_a_missing_source_file_exits_2_naming_the_file() -> None:
 
 
 @pytest.mark.parametrize("command", ["serve", "records"])
-def test_the_kubernetes_source_exits_2_saying_it_is_not_implemented_yet(command: str) -> None:
+def test_the_kubernetes_source_without_a_kubeconfig_outside_a_cluster_exits_2_saying_so(
+        command: str, tmp_path: Path) -> None:
     args = ["--listen", "127.0.0.1:0"] if command == "serve" else []
-    result = run(command, "--source", "kubernetes", *args)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT")}
+    env["HOME"] = str(tmp_path)  # no ~/.kube/config
+    result = run(command, "--source", "kubernetes", *args, env=env)
     assert result.returncode == 2
-    assert "not implemented yet" in result.stderr
+    assert "--kubeconfig" in result.stderr
+    assert "KUBERNETES_SERVICE_HOST" in result.stderr
     assert "Traceback" not in result.stderr
 
 

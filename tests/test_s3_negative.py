@@ -239,7 +239,9 @@ def test_s3_before_the_first_sync_answers_appear_once_a_snapshot_is_published(
     server = make_server(publish=False)
     tcp = is_tcp(proto)
     assert server.ask("httpenv.default.svc.cluster.local", tcp=tcp).rcode() == SERVFAIL
-    server.call(lambda: server.app.publish(server.app.source.load()))
+    source = server.app.file
+    assert source is not None
+    server.call(lambda: server.app.publish(source.load()))
     msg = server.ask("httpenv.default.svc.cluster.local", tcp=tcp)
     assert msg.rcode() == NOERROR
     assert addresses(msg) == ["10.108.189.10"]

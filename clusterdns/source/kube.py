@@ -1,0 +1,464 @@
+"""The live source: list+watch the Kubernetes API server, never lie, never give up.
+
+The only module that imports ``kubernetes``. One reflector per watched kind (and per
+namespace with ``namespaces``) runs the client-go loop in asyncio with raw JSON (no
+model deserialisation): a paginated list that replaces the kind's objects atomically,
+then watches from the list's resourceVersion with bookmarks and a jittered
+``timeoutSeconds``. A clean end re-watches from the last resourceVersion without a
+relist; 410 Gone relists; other failures back off exponentially with jitter (capped at
+about a second for the first minute of an outage, so DNS catches up within two seconds
+of the API server coming back), honouring ``Retry-After``; a stream that sends nothing
+for longer than the inactivity timeout is dropped and re-watched; 403 is logged once
+with the RBAC rule that is missing. Until every reflector has listed once, ``changed``
+is never called, so the server stays unsynced (SERVFAIL) rather than answer NXDOMAIN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from kubernetes.aio import client as kclient
+from kubernetes.aio import config as kconfig
+from kubernetes.aio.config.incluster_config import InClusterConfigLoader
+
+from clusterdns.config import Config, PodsMode
+from clusterdns.convert import ConvertError, convert
+from clusterdns.objects import Cluster, KubeObject, Namespace
+from clusterdns.store import Key, Kind, Store
+
+log = logging.getLogger(__name__)
+
+TRIGGER_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
+INCLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+INCLUSTER_CA = Path("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
+
+
+class KubeSourceError(Exception):
+    """The source cannot start (no kubeconfig and not in a cluster, a bad kubeconfig)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    kind: Kind
+    plural: str
+    group: str  # "" for the core group
+    api: str  # "core" or "discovery"
+    list_all: str  # client method for every namespace (or the cluster-scoped list)
+    list_namespaced: str  # client method for one namespace ("" when cluster-scoped)
+
+    def rbac_rule(self) -> str:
+        group = f'"{self.group}"' if self.group else '""'
+        return (f'apiGroups: [{group}], resources: ["{self.plural}"], '
+                f'verbs: ["list", "watch"]')
+
+
+RESOURCES = {
+    Kind.NAMESPACE: Resource(Kind.NAMESPACE, "namespaces", "", "core", "list_namespace", ""),
+    Kind.SERVICE: Resource(Kind.SERVICE, "services", "", "core",
+                           "list_service_for_all_namespaces", "list_namespaced_service"),
+    Kind.ENDPOINT_SLICE: Resource(
+        Kind.ENDPOINT_SLICE, "endpointslices", "discovery.k8s.io", "discovery",
+        "list_endpoint_slice_for_all_namespaces", "list_namespaced_endpoint_slice"),
+    Kind.POD: Resource(Kind.POD, "pods", "", "core",
+                       "list_pod_for_all_namespaces", "list_namespaced_pod"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Tuning:
+    """Timings of the watch loops; tests shrink them."""
+
+    page_size: int = 500
+    watch_timeout: float = 300.0  # timeoutSeconds asked of the server, jittered +-20%
+    inactivity_timeout: float = 120.0  # nothing at all (not even a bookmark) this long
+    request_timeout: float = 30.0  # one list page
+    backoff_base: float = 0.1
+    backoff_cap_early: float = 1.0  # for the first minute of an outage
+    backoff_cap: float = 30.0
+    early_window: float = 60.0
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, retry_after: float = 0.0) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.retry_after = retry_after
+
+
+class Gone(ApiError):
+    """410: the resourceVersion or continue token is too old."""
+
+
+@dataclass(slots=True)
+class Pending:
+    """A change not yet published: when it reached us, and when Kubernetes made it."""
+
+    received: float  # monotonic
+    triggered: float | None  # wall clock, from the EndpointSlice annotation
+
+
+class Backoff:
+    """Exponential backoff with full jitter; the cap stays low early in an outage."""
+
+    def __init__(self, tuning: Tuning, clock: Callable[[], float],
+                 rng: Callable[[], float]) -> None:
+        self.tuning = tuning
+        self.clock = clock
+        self.rng = rng
+        self.failures = 0
+        self.since: float | None = None
+
+    def reset(self) -> None:
+        self.failures = 0
+        self.since = None
+
+    def next_delay(self, retry_after: float = 0.0) -> float:
+        now = self.clock()
+        if self.since is None:
+            self.since = now
+        t = self.tuning
+        cap = t.backoff_cap_early if now - self.since < t.early_window else t.backoff_cap
+        ceiling = min(cap, t.backoff_base * 2.0 ** min(self.failures, 30))
+        self.failures += 1
+        delay = ceiling * (0.5 + 0.5 * self.rng())
+        return max(delay, retry_after)
+
+
+def _retry_after(headers: Mapping[str, str]) -> float:
+    value = headers.get("Retry-After", "")
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return 0.0
+
+
+def _trigger_time(raw: Mapping[str, Any]) -> float | None:
+    meta = raw.get("metadata")
+    annotations = meta.get("annotations") if isinstance(meta, dict) else None
+    text = annotations.get(TRIGGER_ANNOTATION) if isinstance(annotations, dict) else None
+    if not isinstance(text, str):
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _raw_key(kind: Kind, raw: Mapping[str, Any]) -> Key | None:
+    meta = raw.get("metadata")
+    if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
+        return None
+    if kind is Kind.NAMESPACE:
+        return ("", meta["name"].lower())
+    ns = meta.get("namespace")
+    return ((ns if isinstance(ns, str) else "default").lower(), meta["name"].lower())
+
+
+class Reflector:
+    """List, then watch, one resource in one scope, forever."""
+
+    def __init__(self, source: KubeSource, resource: Resource, namespace: str) -> None:
+        self.source = source
+        self.resource = resource
+        self.namespace = namespace
+        self.name = f"watch-{resource.plural}" + (f"-{namespace}" if namespace else "")
+        self.synced = False
+        self.last_contact: float | None = None  # monotonic time of the last sign of life
+        self.restarts: Counter[str] = Counter()
+        self.backoff = Backoff(source.tuning, source.clock, source.rng)
+        self._forbidden_logged = False
+
+    def _call(self, api: Any, **params: Any) -> Awaitable[Any]:
+        method = self.resource.list_namespaced if self.namespace else self.resource.list_all
+        fn = getattr(api, f"{method}_without_preload_content")
+        if self.resource.kind is Kind.SERVICE and self.source.config.labels:
+            params["label_selector"] = self.source.config.labels
+        if self.namespace:
+            return fn(self.namespace, **params)  # type: ignore[no-any-return]
+        return fn(**params)  # type: ignore[no-any-return]
+
+    async def run(self) -> None:
+        rv: str | None = None
+        while True:
+            try:
+                if rv is None:
+                    rv = await self.list()
+                rv = await self._watch(rv)
+            except Gone as exc:
+                self.restarts["gone"] += 1
+                log.info("%s: %s; relisting", self.name, exc)
+                rv = None
+            except ApiError as exc:
+                self._failed(exc)
+                await self.source.sleep(self.backoff.next_delay(exc.retry_after))
+            except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+                self.restarts["error"] += 1
+                log.warning("%s: %s: %s; retrying", self.name, type(exc).__name__, exc)
+                await self.source.sleep(self.backoff.next_delay())
+
+    def _failed(self, exc: ApiError) -> None:
+        self.restarts[f"http_{exc.status}"] += 1
+        if exc.status == 403:
+            if not self._forbidden_logged:
+                self._forbidden_logged = True
+                scope = f'in namespace "{self.namespace}"' if self.namespace else "cluster-wide"
+                log.error("%s: forbidden: clusterdns may not list/watch %s %s; grant it with "
+                          "this RBAC rule: {%s} (%s)", self.name, self.resource.plural, scope,
+                          self.resource.rbac_rule(), exc)
+            return
+        level = logging.WARNING if self.backoff.failures < 3 else logging.DEBUG
+        log.log(level, "%s: %s; backing off", self.name, exc)
+
+    async def _request(self, **params: Any) -> Any:
+        """One API request; its aiohttp response when the status is 200."""
+        resp = await self._call(self.source.api(self.resource.api), **params)
+        if resp.status == 200:
+            return resp.response
+        body = await resp.read()
+        resp.response.release()
+        message = body.decode("utf-8", "replace")[:300]
+        with contextlib.suppress(ValueError, AttributeError):
+            message = json.loads(body).get("message", message)
+        error = Gone if resp.status == 410 else ApiError
+        raise error(resp.status, message, _retry_after(resp.headers))
+
+    async def list(self) -> str:
+        """A complete paginated list; replaces the scope's objects; the list's RV."""
+        t = self.source.tuning
+        objs: list[KubeObject] = []
+        cont: str | None = None
+        while True:
+            params: dict[str, Any] = {"limit": t.page_size,
+                                      "_request_timeout": t.request_timeout}
+            if cont:
+                params["_continue"] = cont
+            try:
+                response = await self._request(**params)
+            except Gone:
+                if not cont:
+                    raise
+                self.restarts["continue_expired"] += 1
+                log.info("%s: continue token expired; restarting the list", self.name)
+                objs, cont = [], None
+                continue
+            body = json.loads(await response.read())
+            meta = body.get("metadata") or {}
+            for raw in body.get("items") or ():
+                obj = self._convert(raw)
+                if obj is not None:
+                    objs.append(obj)
+            cont = meta.get("continue") or None
+            if cont is None:
+                break
+        if self.source.store.replace(self.resource.kind, objs, self.namespace):
+            self.source.note_change(None)
+        self.backoff.reset()
+        self.last_contact = self.source.clock()
+        if not self.synced:
+            self.synced = True
+            self.source.reflector_synced(self)
+        return str(meta.get("resourceVersion", ""))
+
+    def _convert(self, raw: Any) -> KubeObject | None:
+        try:
+            return convert(self.resource.kind.value, raw)
+        except ConvertError as exc:
+            key = _raw_key(self.resource.kind, raw) if isinstance(raw, dict) else None
+            what = f"{key[0]}/{key[1]}" if key and key[0] else (key[1] if key else "?")
+            log.warning("%s: skipped malformed %s %s: %s", self.name,
+                        self.resource.kind.value, what, exc)
+            return None
+
+    async def _watch(self, rv: str) -> str:
+        """Watch from ``rv`` until the stream ends; the last resourceVersion seen."""
+        t = self.source.tuning
+        timeout = t.watch_timeout * (0.8 + 0.4 * self.source.rng())
+        response = await self._request(
+            watch=True, resource_version=rv, allow_watch_bookmarks=True,
+            timeout_seconds=max(1, int(timeout)), _request_timeout=timeout + 30)
+        self.backoff.reset()
+        self.last_contact = self.source.clock()
+        try:
+            while True:
+                try:
+                    line = await asyncio.wait_for(response.content.readline(),
+                                                  t.inactivity_timeout)
+                except TimeoutError:
+                    self.restarts["stalled"] += 1
+                    log.warning("%s: nothing from the API server for %.0f s; re-watching",
+                                self.name, t.inactivity_timeout)
+                    return rv
+                if not line:
+                    self.restarts["watch_end"] += 1
+                    return rv
+                if line.strip():
+                    rv = self._event(json.loads(line), rv)
+        finally:
+            response.close()
+
+    def _event(self, event: Any, rv: str) -> str:
+        kind = self.resource.kind
+        etype = event.get("type")
+        raw = event.get("object") or {}
+        if etype == "ERROR":
+            code = int(raw.get("code") or 500)
+            error = Gone if code == 410 else ApiError
+            raise error(code, str(raw.get("message", "watch error")))
+        new_rv = str((raw.get("metadata") or {}).get("resourceVersion") or rv)
+        self.last_contact = self.source.clock()
+        if etype == "BOOKMARK":
+            return new_rv
+        store = self.source.store
+        changed = False
+        if etype in ("ADDED", "MODIFIED"):
+            obj = self._convert(raw)
+            changed = obj is not None and store.apply(kind, obj)
+        elif etype == "DELETED":
+            key = _raw_key(kind, raw)
+            changed = key is not None and store.delete(kind, key)
+        if changed:
+            self.source.note_change(_trigger_time(raw) if kind is Kind.ENDPOINT_SLICE else None)
+        return new_rv
+
+
+@dataclass
+class KubeSource:
+    """Every reflector the config needs, the store they fill, and readiness."""
+
+    config: Config
+    tuning: Tuning = field(default_factory=Tuning)
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    rng: Callable[[], float] = random.random
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
+    incluster_files: tuple[Path, Path] = (INCLUSTER_TOKEN, INCLUSTER_CA)
+
+    def __post_init__(self) -> None:
+        self.store = Store()
+        self.reflectors = [Reflector(self, RESOURCES[kind], ns)
+                           for kind, ns in self.watches()]
+        self.pending: list[Pending] = []
+        self.synced = False
+        self._changed: Callable[[], None] = lambda: None
+        self._client: Any = None
+        self._apis: dict[str, Any] = {}
+        self._started = self.clock()
+
+    def watches(self) -> list[tuple[Kind, str]]:
+        """(kind, namespace) pairs to list and watch; "" means every namespace."""
+        kinds = [Kind.SERVICE, Kind.ENDPOINT_SLICE]
+        if self.config.pods is PodsMode.VERIFIED:
+            kinds.append(Kind.POD)
+        if not self.config.namespaces:
+            return [(Kind.NAMESPACE, ""), *((k, "") for k in kinds)]
+        # Namespaces are cluster-scoped: a namespace-scoped Role cannot list them, so
+        # the configured namespaces are taken to exist.
+        return [(k, ns) for k in kinds for ns in sorted(self.config.namespaces)]
+
+    def describe(self) -> str:
+        return "kubernetes API"
+
+    def missing(self) -> list[str]:
+        return [r.name for r in self.reflectors if not r.synced]
+
+    def data_age(self) -> float | None:
+        """Seconds since the stalest reflector last heard from the API server."""
+        contacts = [r.last_contact for r in self.reflectors]
+        if any(c is None for c in contacts):
+            return None
+        return self.clock() - min(c for c in contacts if c is not None)
+
+    def api(self, which: str) -> Any:
+        return self._apis[which]
+
+    def cluster(self) -> Cluster:
+        cluster = self.store.cluster()
+        if self.config.namespaces:
+            extra = tuple(Namespace(ns) for ns in sorted(self.config.namespaces))
+            cluster = Cluster(extra, cluster.services, cluster.endpoint_slices, cluster.pods)
+        return cluster
+
+    def take_pending(self) -> list[Pending]:
+        pending, self.pending = self.pending, []
+        return pending
+
+    def note_change(self, triggered: float | None) -> None:
+        self.pending.append(Pending(self.clock(), triggered))
+        if self.synced:
+            self._changed()
+
+    def reflector_synced(self, reflector: Reflector) -> None:
+        if self.synced or self.missing():
+            return
+        self.synced = True
+        counts = ", ".join(f"{self.store.count(k)} {RESOURCES[k].plural}"
+                           for k in dict.fromkeys(r.resource.kind for r in self.reflectors))
+        log.info("synced with the API server in %.2f s: %s", self.clock() - self._started,
+                 counts)
+        self._changed()
+
+    async def connect(self) -> None:
+        configuration = kclient.Configuration()
+        path = self.config.kubeconfig or self.environ.get("KUBECONFIG", "")
+        default = Path.home() / ".kube" / "config"
+        if not path and "KUBERNETES_SERVICE_HOST" not in self.environ and default.exists():
+            path = str(default)
+        if not path and "KUBERNETES_SERVICE_HOST" not in self.environ:
+            raise KubeSourceError(
+                "no kubeconfig (pass --kubeconfig, set $KUBECONFIG or create ~/.kube/config) "
+                "and not running in a cluster (KUBERNETES_SERVICE_HOST is not set)")
+        try:
+            if path:
+                await kconfig.load_kube_config(config_file=path,
+                                               context=self.config.context or None,
+                                               client_configuration=configuration)
+            else:
+                token, ca = self.incluster_files
+                InClusterConfigLoader(token_filename=str(token), cert_filename=str(ca),
+                                      environ=self.environ).load_and_set(configuration)
+        except (kconfig.ConfigException, OSError, ValueError, TypeError) as exc:
+            where = f"kubeconfig {path}" if path else "in-cluster config"
+            raise KubeSourceError(f"cannot load {where}: {exc}") from None
+        self._client = kclient.ApiClient(configuration=configuration)
+        self._apis = {"core": kclient.CoreV1Api(self._client),
+                      "discovery": kclient.DiscoveryV1Api(self._client)}
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    async def list_once(self) -> Cluster:
+        """Connect, list every watched kind once, disconnect (``clusterdns records``)."""
+        await self.connect()
+        try:
+            for reflector in self.reflectors:
+                await reflector.list()
+        finally:
+            await self.close()
+        return self.cluster()
+
+    async def run(self, changed: Callable[[], None]) -> None:
+        """Run every reflector until cancelled; ``changed`` is called after sync."""
+        self._changed = changed
+        if self._client is None:
+            await self.connect()
+        try:
+            async with asyncio.TaskGroup() as group:
+                for reflector in self.reflectors:
+                    group.create_task(reflector.run(), name=reflector.name)
+        finally:
+            await self.close()
