@@ -21,6 +21,7 @@ import pytest
 
 from clusterdns.app import App
 from clusterdns.config import Config, ListenAddr, PodsMode, SourceSpec
+from clusterdns.source.kube import KubeSource
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_CLUSTER = ROOT / "config" / "demo-cluster.yaml"
@@ -69,7 +70,7 @@ class _Handle:
     thread: threading.Thread
 
 
-def _start(config: Config, publish: bool = True) -> _Handle:
+def _start(config: Config, publish: bool = True, kube: KubeSource | None = None) -> _Handle:
     loop = asyncio.new_event_loop()
     ready = threading.Event()
     box: dict[str, Any] = {}
@@ -78,7 +79,7 @@ def _start(config: Config, publish: bool = True) -> _Handle:
         asyncio.set_event_loop(loop)
 
         async def boot() -> None:
-            app = App(config)
+            app = App(config, kube=kube)
             if publish:
                 await app.start()
             else:  # bind only: the server stays unsynced until a test publishes
@@ -125,12 +126,15 @@ def make_server() -> Iterator[Callable[..., RunningServer]]:
     """Start a server with config changes: ``make_server(pods=PodsMode.VERIFIED)``.
 
     ``publish=False`` binds the sockets without loading anything, so the server answers
-    as it does before the first sync.
+    as it does before the first sync. ``kube=`` builds the Kubernetes source to use
+    (for ``source=SourceSpec("kubernetes")``), e.g. with short timeouts.
     """
     started: list[_Handle] = []
 
-    def factory(*, publish: bool = True, **changes: Any) -> RunningServer:
-        handle = _start(demo_config(**changes), publish=publish)
+    def factory(*, publish: bool = True, kube: Callable[[Config], KubeSource] | None = None,
+                **changes: Any) -> RunningServer:
+        config = demo_config(**changes)
+        handle = _start(config, publish=publish, kube=kube(config) if kube else None)
         started.append(handle)
         return handle.server
 

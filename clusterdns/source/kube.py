@@ -176,6 +176,7 @@ class Reflector:
         self.namespace = namespace
         self.name = f"watch-{resource.plural}" + (f"-{namespace}" if namespace else "")
         self.synced = False
+        self.rv: str | None = None  # where the next watch starts; None: list first
         self.last_contact: float | None = None  # monotonic time of the last sign of life
         self.restarts: Counter[str] = Counter()
         self.backoff = Backoff(source.tuning, source.clock, source.rng)
@@ -191,16 +192,15 @@ class Reflector:
         return fn(**params)  # type: ignore[no-any-return]
 
     async def run(self) -> None:
-        rv: str | None = None
         while True:
             try:
-                if rv is None:
-                    rv = await self.list()
-                rv = await self._watch(rv)
+                if self.rv is None:
+                    self.rv = await self.list()
+                await self._watch()
             except Gone as exc:
                 self.restarts["gone"] += 1
                 log.info("%s: %s; relisting", self.name, exc)
-                rv = None
+                self.rv = None
             except ApiError as exc:
                 self._failed(exc)
                 await self.source.sleep(self.backoff.next_delay(exc.retry_after))
@@ -282,12 +282,12 @@ class Reflector:
                         self.resource.kind.value, what, exc)
             return None
 
-    async def _watch(self, rv: str) -> str:
-        """Watch from ``rv`` until the stream ends; the last resourceVersion seen."""
+    async def _watch(self) -> None:
+        """Watch from ``self.rv`` until the stream ends, advancing ``self.rv``."""
         t = self.source.tuning
         timeout = t.watch_timeout * (0.8 + 0.4 * self.source.rng())
         response = await self._request(
-            watch=True, resource_version=rv, allow_watch_bookmarks=True,
+            watch=True, resource_version=self.rv, allow_watch_bookmarks=True,
             timeout_seconds=max(1, int(timeout)), _request_timeout=timeout + 30)
         self.backoff.reset()
         self.last_contact = self.source.clock()
@@ -300,27 +300,29 @@ class Reflector:
                     self.restarts["stalled"] += 1
                     log.warning("%s: nothing from the API server for %.0f s; re-watching",
                                 self.name, t.inactivity_timeout)
-                    return rv
+                    return
                 if not line:
                     self.restarts["watch_end"] += 1
-                    return rv
+                    return
                 if line.strip():
-                    rv = self._event(json.loads(line), rv)
+                    self._event(json.loads(line))
         finally:
             response.close()
 
-    def _event(self, event: Any, rv: str) -> str:
+    def _event(self, event: Any) -> None:
         kind = self.resource.kind
+        if not isinstance(event, dict) or not isinstance(event.get("object"), dict):
+            raise ValueError(f"malformed watch event: {str(event)[:200]}")
         etype = event.get("type")
-        raw = event.get("object") or {}
+        raw = event["object"]
         if etype == "ERROR":
             code = int(raw.get("code") or 500)
             error = Gone if code == 410 else ApiError
             raise error(code, str(raw.get("message", "watch error")))
-        new_rv = str((raw.get("metadata") or {}).get("resourceVersion") or rv)
+        self.rv = str((raw.get("metadata") or {}).get("resourceVersion") or self.rv)
         self.last_contact = self.source.clock()
         if etype == "BOOKMARK":
-            return new_rv
+            return
         store = self.source.store
         changed = False
         if etype in ("ADDED", "MODIFIED"):
@@ -331,7 +333,6 @@ class Reflector:
             changed = key is not None and store.delete(kind, key)
         if changed:
             self.source.note_change(_trigger_time(raw) if kind is Kind.ENDPOINT_SLICE else None)
-        return new_rv
 
 
 @dataclass

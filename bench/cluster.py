@@ -1,0 +1,54 @@
+"""Synthetic clusters for the benchmarks: N services, M endpoints in slices of 100.
+
+Shared by every bench script so they all measure the same shape of cluster: services
+``svc-<i>`` spread over 50 namespaces, each with a ClusterIP and a named port; the
+first ``endpoints / 100`` services are backed by one EndpointSlice of 100 ready pods.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+NAMESPACES = 50
+
+
+def namespace_of(i: int) -> str:
+    return f"ns-{i % NAMESPACES}"
+
+
+def objects(services: int = 10_000, endpoints: int = 100_000,
+            per_slice: int = 100) -> Iterator[dict[str, Any]]:
+    """Raw API objects (with kind/apiVersion), namespaces first."""
+    for n in range(NAMESPACES):
+        yield {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": f"ns-{n}"}}
+    for i in range(services):
+        ip = f"10.{96 + i // 65536}.{(i // 256) % 256}.{i % 256}"
+        yield {"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": f"svc-{i}", "namespace": namespace_of(i),
+                            "labels": {"app": f"svc-{i}"}},
+               "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip],
+                        "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}}
+    for s in range(endpoints // per_slice):
+        eps = []
+        for j in range(per_slice):
+            k = s * per_slice + j
+            eps.append({"addresses": [f"10.{128 + k // 65536}.{(k // 256) % 256}.{k % 256}"],
+                        "conditions": {"ready": True, "serving": True, "terminating": False},
+                        "targetRef": {"kind": "Pod", "name": f"svc-{s}-pod-{j}",
+                                      "namespace": namespace_of(s)}})
+        yield {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+               "metadata": {"name": f"svc-{s}-abcde", "namespace": namespace_of(s),
+                            "labels": {"kubernetes.io/service-name": f"svc-{s}"}},
+               "addressType": "IPv4", "endpoints": eps,
+               "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}
+
+
+def write_json_list(path: Path, services: int = 10_000, endpoints: int = 100_000) -> Path:
+    """The cluster as ``kubectl get ... -o json`` prints it: one List."""
+    doc = {"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""},
+           "items": list(objects(services, endpoints))}
+    path.write_text(json.dumps(doc))
+    return path
