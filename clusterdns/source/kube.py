@@ -223,12 +223,12 @@ class Reflector:
         log.log(level, "%s: %s; backing off", self.name, exc)
 
     async def _request(self, **params: Any) -> Any:
-        """One API request; its aiohttp response when the status is 200."""
+        """One API request; its (aiohttp) response when the status is 200."""
         resp = await self._call(self.source.api(self.resource.api), **params)
         if resp.status == 200:
-            return resp.response
+            return resp
         body = await resp.read()
-        resp.response.release()
+        resp.release()
         message = body.decode("utf-8", "replace")[:300]
         with contextlib.suppress(ValueError, AttributeError):
             message = json.loads(body).get("message", message)
@@ -412,6 +412,7 @@ class KubeSource:
         self._changed()
 
     async def connect(self) -> None:
+        self._started = self.clock()
         configuration = kclient.Configuration()
         path = self.config.kubeconfig or self.environ.get("KUBECONFIG", "")
         default = Path.home() / ".kube" / "config"
