@@ -30,7 +30,10 @@ import dns.query
 import dns.rcode
 
 from bench.cluster import namespace_of, objects
-from tests.fakekube import FakeKube
+
+# The fake API server lives with the tests (as `fakekube`, the name the tests import it by).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from fakekube import FakeKube
 
 
 def free_port() -> int:

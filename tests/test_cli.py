@@ -27,9 +27,9 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 import pytest
-from conftest import ROOT, RunningServer
 
 from clusterdns import __version__, config
+from conftest import ROOT, RunningServer
 
 DEMO_CONFIG = ROOT / "config" / "demo.yaml"
 TIMEOUT = 20.0

@@ -14,6 +14,7 @@ import subprocess
 from dataclasses import dataclass, field
 
 import pytest
+
 from conftest import RunningServer
 
 _HEADER = re.compile(r";; ->>HEADER<<- opcode: (\w+), status: (\w+), id: \d+")

@@ -18,9 +18,9 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 import pytest
-from conftest import RunningServer, addresses
 
 from clusterdns.config import SourceSpec
+from conftest import RunningServer, addresses
 
 LOGGER = "clusterdns.source.file"
 ZONE = "cluster.local"

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 import dns.exception
 import dns.message
 import pytest
-from conftest import DEMO_CLUSTER, EXTRA_CLUSTER
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -38,6 +37,7 @@ from clusterdns.config import Config, ListenAddr, PodsMode, SourceSpec
 from clusterdns.handler import Handler
 from clusterdns.snapshot import SnapshotRef, unsynced
 from clusterdns.source.file import load_files
+from conftest import DEMO_CLUSTER, EXTRA_CLUSTER
 
 SERVER_MAX = 1232
 MIN_UDP = 512

@@ -24,6 +24,7 @@ import dns.message
 import dns.query
 import dns.rcode
 import pytest
+
 from conftest import ROOT
 
 DEMO_PORT = 5353

@@ -19,9 +19,9 @@ import dns.name
 import dns.rcode
 import dns.rdatatype
 import pytest
-from conftest import RunningServer, addresses
 
 from clusterdns.config import PodsMode
+from conftest import RunningServer, addresses
 
 # ----------------------------------------------------------------------------- helpers
 

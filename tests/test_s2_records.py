@@ -22,9 +22,9 @@ import dns.rcode
 import dns.rdatatype
 import dns.rdtypes.IN.SRV
 import pytest
-from conftest import RunningServer, addresses, rrset_texts
 
 from clusterdns.config import PodsMode, SourceSpec
+from conftest import RunningServer, addresses, rrset_texts
 
 HTTPENV_PODS = {  # pod name -> IP, from the httpenv Deployment in the demo
     "httpenv-6fdc8554fb-2kqvd": "10.244.1.11",

@@ -20,6 +20,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.rdtypes.ANY.SOA
 import pytest
+
 from conftest import RunningServer, addresses
 
 NOERROR = dns.rcode.NOERROR

@@ -29,6 +29,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.rdtypes.ANY.HINFO
 import pytest
+
 from conftest import RunningServer, addresses
 
 BIG = "big.team-a.svc.cluster.local"

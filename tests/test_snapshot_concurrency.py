@@ -28,7 +28,6 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 import pytest
-from conftest import RunningServer
 
 from clusterdns import snapshot
 from clusterdns.config import Config, SourceSpec
@@ -43,6 +42,7 @@ from clusterdns.objects import (
 )
 from clusterdns.records import RRType
 from clusterdns.snapshot import Snapshot
+from conftest import RunningServer
 
 ZONE = "cluster.local"
 GEN = f"gen.default.svc.{ZONE}"

@@ -14,12 +14,12 @@ once (so the SOA serial is 1).
 from __future__ import annotations
 
 import pytest
-from conftest import DEMO_CLUSTER, EXTRA_CLUSTER
 
 from clusterdns.config import Config, ListenAddr, PodsMode, SourceSpec
 from clusterdns.handler import Handler
 from clusterdns.snapshot import SnapshotRef, unsynced
 from clusterdns.source.file import load_files
+from conftest import DEMO_CLUSTER, EXTRA_CLUSTER
 
 
 def hx(text: str) -> bytes:

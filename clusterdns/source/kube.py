@@ -206,7 +206,9 @@ class Reflector:
                 await self.source.sleep(self.backoff.next_delay(exc.retry_after))
             except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
                 self.restarts["error"] += 1
-                log.warning("%s: %s: %s; retrying", self.name, type(exc).__name__, exc)
+                # An outage would otherwise log every attempt: loud at first, then quiet.
+                level = logging.WARNING if self.backoff.failures < 3 else logging.DEBUG
+                log.log(level, "%s: %s: %s; retrying", self.name, type(exc).__name__, exc)
                 await self.source.sleep(self.backoff.next_delay())
 
     def _failed(self, exc: ApiError) -> None:
@@ -266,6 +268,7 @@ class Reflector:
         if self.source.store.replace(self.resource.kind, objs, self.namespace):
             self.source.note_change(None)
         self.backoff.reset()
+        self._forbidden_logged = False  # a later loss of the permission is news again
         self.last_contact = self.source.clock()
         if not self.synced:
             self.synced = True
@@ -293,9 +296,11 @@ class Reflector:
         self.last_contact = self.source.clock()
         try:
             while True:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+                # cancellation that lands as the line arrives (CPython gh-86296).
                 try:
-                    line = await asyncio.wait_for(response.content.readline(),
-                                                  t.inactivity_timeout)
+                    async with asyncio.timeout(t.inactivity_timeout):
+                        line = await response.content.readline()
                 except TimeoutError:
                     self.restarts["stalled"] += 1
                     log.warning("%s: nothing from the API server for %.0f s; re-watching",
