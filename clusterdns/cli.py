@@ -55,6 +55,16 @@ def parser() -> argparse.ArgumentParser:
     _common(serve)
     serve.add_argument("--listen", action="append", default=None, metavar="HOST:PORT",
                        help="address to serve UDP and TCP on (repeat; [::1]:53 for IPv6)")
+    serve.add_argument("--upstream", action="append", default=None, metavar="ADDR|FILE",
+                       help="forward other names here: IP[:PORT] or a resolv.conf path "
+                            "(repeat)")
+    for name, default in (("health", ":8080"), ("ready", ":8181"), ("metrics", ":9153")):
+        serve.add_argument(f"--{name}", metavar="ADDR",
+                           help=f"HTTP /{name} address (default {default}; empty: off)")
+    serve.add_argument("--lameduck", type=float, metavar="SECONDS",
+                       help="keep answering this long after SIGTERM (default 5)")
+    serve.add_argument("--log-queries", action="store_true", default=None,
+                       help="log every query (CoreDNS log format) to stdout")
     records = sub.add_parser("records", help="print every record served, as master-file text")
     _common(records)
     check = sub.add_parser("check-config", help="validate a config file and its source")
@@ -87,6 +97,18 @@ def build_config(args: argparse.Namespace) -> Config:
         changes["endpoint_pod_names"] = True
     if args.ignore_empty_service:
         changes["ignore_empty_service"] = True
+    if getattr(args, "upstream", None):
+        changes["upstreams"] = tuple(config.parse_upstream(u, key="--upstream")
+                                     for u in args.upstream)
+    for key in ("health", "ready", "metrics"):
+        if getattr(args, key, None) is not None:
+            changes[key] = config.parse_endpoint(getattr(args, key), key=f"--{key}")
+    if getattr(args, "lameduck", None) is not None:
+        if not 0 <= args.lameduck <= 600:
+            raise ConfigError("", "--lameduck", f"{args.lameduck}: expected 0 to 600 seconds")
+        changes["lameduck"] = args.lameduck
+    if getattr(args, "log_queries", None):
+        changes["log_queries"] = True
     for key in ("kubeconfig", "context", "labels"):
         if getattr(args, key, None):
             changes[key] = getattr(args, key)

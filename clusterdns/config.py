@@ -81,6 +81,26 @@ class Config:
     kubeconfig: str = ""  # "" -> $KUBECONFIG, ~/.kube/config, then in-cluster config
     context: str = ""  # kubeconfig context; "" -> the current context
     labels: str = ""  # label selector: only services matching it are served
+    # Forwarding (SPEC S5). Each upstream is IP, IP:PORT, [V6]:PORT, or the path of a
+    # resolv.conf file whose nameservers are used (our own listen addresses are skipped).
+    # Empty: no forwarding, out-of-zone names are REFUSED.
+    upstreams: tuple[str, ...] = ()
+    forward_timeout: float = 2.0  # seconds per upstream try
+    forward_max_concurrent: int = 1000  # upstream queries in flight; beyond: REFUSED
+    loop_detect: bool = True  # probe the upstreams for a forwarding loop at start
+    # Zones whose unknown names go upstream instead of NXDOMAIN (CoreDNS ``fallthrough``).
+    fallthrough: frozenset[str] = frozenset()
+    cache_size: int = 10_000  # forwarded answers kept; 0 turns the cache off
+    cache_ttl: int = 3600  # cap on a cached positive answer's TTL (CoreDNS ``cache N``)
+    cache_negative_ttl: int = 1800  # cap on a cached negative answer's TTL (RFC 2308)
+    serve_stale: float = 3600.0  # seconds an expired answer may be served if upstreams fail
+    # Operations (SPEC S6); None turns an endpoint off.
+    health: ListenAddr | None = ListenAddr("0.0.0.0", 8080)
+    ready: ListenAddr | None = ListenAddr("0.0.0.0", 8181)
+    metrics: ListenAddr | None = ListenAddr("0.0.0.0", 9153)
+    lameduck: float = 5.0  # seconds of answering after SIGTERM, with /ready failing
+    reload: float = 2.0  # seconds between config-file change checks; 0: SIGHUP only
+    log_queries: bool = False  # one CoreDNS ``log``-format line per query, on stdout
     origin: str = field(default="", compare=False)  # file it came from, for messages
 
     @property
@@ -126,6 +146,30 @@ def parse_listen(text: str, where: str = "", key: str = "listen") -> ListenAddr:
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ConfigError(where, key, f"{text!r}: port must be a number from 0 to 65535")
     return ListenAddr(host, int(port_text))
+
+
+def parse_endpoint(value: Any, where: str = "", key: str = "health") -> ListenAddr | None:
+    """An HTTP endpoint's ``HOST:PORT`` / ``:PORT``; empty or null turns it off."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return parse_listen(str(value), where, key)
+
+
+def parse_upstream(raw: Any, where: str = "", key: str = "upstreams") -> str:
+    """``IP``, ``IP:PORT``, ``[V6]:PORT`` (normalised to HOST:PORT text) or a file path."""
+    if not isinstance(raw, str) or not raw.strip():
+        raise ConfigError(where, key, f"{raw!r}: expected an address or a resolv.conf path")
+    text = raw.strip()
+    if text.startswith(("/", ".")):
+        return text
+    try:
+        return str(ListenAddr(str(ipaddress.ip_address(text)), 53))
+    except ValueError:
+        pass
+    addr = parse_listen(text, where, key)
+    if addr.port == 0:
+        raise ConfigError(where, key, f"{text!r}: port 0 is not an upstream port")
+    return str(addr)
 
 
 def parse_source(
@@ -217,6 +261,23 @@ def _options(where: str, base: Path | None) -> dict[str, Callable[[Any], Any]]:
             str(v)).is_absolute() else _str(v, where, "kubeconfig"),
         "context": lambda v: _str(v, where, "context"),
         "labels": lambda v: _str(v, where, "labels"),
+        "upstreams": lambda v: tuple(parse_upstream(x, where) for x in (v or [])),
+        "forward_timeout": lambda v: _number(v, where, "forward_timeout", 0.05, 60),
+        "forward_max_concurrent": lambda v: _int(v, where, "forward_max_concurrent", 1,
+                                                 1_000_000),
+        "loop_detect": lambda v: _bool(v, where, "loop_detect"),
+        "fallthrough": lambda v: frozenset(
+            parse_zone(str(z), where, "fallthrough") for z in (v or [])),
+        "cache_size": lambda v: _int(v, where, "cache_size", 0, 10_000_000),
+        "cache_ttl": lambda v: _int(v, where, "cache_ttl", 0, 86400),
+        "cache_negative_ttl": lambda v: _int(v, where, "cache_negative_ttl", 0, 86400),
+        "serve_stale": lambda v: _number(v, where, "serve_stale", 0, 7 * 86400),
+        "health": lambda v: parse_endpoint(v, where, "health"),
+        "ready": lambda v: parse_endpoint(v, where, "ready"),
+        "metrics": lambda v: parse_endpoint(v, where, "metrics"),
+        "lameduck": lambda v: _number(v, where, "lameduck", 0, 600),
+        "reload": lambda v: _number(v, where, "reload", 0, 3600),
+        "log_queries": lambda v: _bool(v, where, "log_queries"),
     }
 
 

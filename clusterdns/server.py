@@ -6,7 +6,11 @@ reaches the DNS logic. It knows framing (one datagram per message on UDP, RFC 77
 the limits that keep a hostile or broken client from hurting everyone else: a TCP idle
 timeout, a connection cap, a per-turn pipelining budget and write back-pressure. What a
 message means is the handler's business; the handler must be fast and must not block,
-because it runs inline on the event loop.
+because it runs inline on the event loop. When an answer needs I/O (a forwarded name),
+the handler returns an awaitable instead of bytes; the server runs it as a task and sends
+its reply when it is done (TCP replies may then leave out of order, RFC 7766 §6.2.1.1).
+An optional observer sees every query with its reply, transport, peer and start time:
+metrics and the query log hang there.
 """
 
 from __future__ import annotations
@@ -16,14 +20,18 @@ import errno
 import ipaddress
 import logging
 import socket
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 log = logging.getLogger(__name__)
 
-Handle = Callable[[bytes, bool], bytes | None]
-"""(query bytes, is_tcp) -> reply bytes, or None to send nothing."""
+Reply = bytes | None
+Handle = Callable[[bytes, bool], Reply | Awaitable[Reply]]
+"""(query bytes, is_tcp) -> reply bytes, None to send nothing, or an awaitable of either."""
+Observe = Callable[[bytes, Reply, bool, Any, float], None]
+"""(query, reply or None, is_tcp, peer address, time.perf_counter() at receipt)."""
 
 MAX_TCP_MESSAGE = 65535
 _BIND_ATTEMPTS = 5
@@ -67,9 +75,12 @@ class ServerCounters:
 class DNSServer:
     """UDP and TCP listeners on one or more addresses, all feeding one handler."""
 
-    def __init__(self, handle: Handle, options: ServerOptions) -> None:
+    def __init__(self, handle: Handle, options: ServerOptions,
+                 observe: Observe | None = None) -> None:
         self.handle = handle
         self.options = options
+        self.observe = observe
+        self._deferred: set[asyncio.Task[Reply]] = set()
         self.counters = ServerCounters()
         self.bound: list[tuple[str, int]] = []
         self._started = False
@@ -120,6 +131,8 @@ class DNSServer:
         they are aborted. Safe to call more than once.
         """
         self._stopping = True
+        for task in list(self._deferred):
+            task.cancel()
         for server in self._tcp_servers:
             server.close()
         for transport, _ in self._udp:
@@ -153,6 +166,25 @@ class DNSServer:
     def _release(self, conn: _TCPConnection) -> None:
         self.counters.tcp_connections_open -= 1
         self._connections.discard(conn)
+
+    def defer(self, pending: Awaitable[Reply], done: Callable[[Reply], None]) -> None:
+        """Run a handler's awaitable reply; ``done`` gets its bytes (None on failure)."""
+        task: asyncio.Task[Reply] = asyncio.ensure_future(pending)
+        self._deferred.add(task)
+
+        def finished(t: asyncio.Task[Reply]) -> None:
+            self._deferred.discard(t)
+            if t.cancelled():
+                return
+            exc = t.exception()
+            if exc is not None:
+                self.counters.handler_errors += 1
+                log.error("deferred answer failed: %r; dropping the query", exc)
+                done(None)
+                return
+            done(t.result())
+
+        task.add_done_callback(finished)
 
 
 def _bind_pair(host: str, port: int) -> tuple[socket.socket, socket.socket]:
@@ -198,7 +230,9 @@ def _bound_socket(
 
 class _UDPProtocol(asyncio.DatagramProtocol):
     def __init__(self, server: DNSServer) -> None:
+        self._server = server
         self._handle = server.handle
+        self._observe = server.observe
         self._counters = server.counters
         self._transport: asyncio.DatagramTransport
         self._write_paused = False
@@ -210,15 +244,25 @@ class _UDPProtocol(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         counters = self._counters
         counters.udp_queries += 1
+        start = time.perf_counter() if self._observe is not None else 0.0
         try:
             reply = self._handle(data, False)
         except Exception:
             counters.handler_errors += 1
             log.exception("handler raised on a UDP query from %s; dropping it", addr[0])
             return
-        if reply is None or self._write_paused:
+        if reply is None or isinstance(reply, bytes):
+            self._send(data, reply, addr, start)
+        else:
+            self._server.defer(reply, lambda r: self._send(data, r, addr, start))
+
+    def _send(self, data: bytes, reply: Reply, addr: tuple[str | int, ...],
+              start: float) -> None:
+        if self._observe is not None:
+            self._observe(data, reply, False, addr, start)
+        if reply is None or self._write_paused or self._transport.is_closing():
             # While paused the socket buffer is full and asyncio would queue without bound.
-            counters.dropped += 1
+            self._counters.dropped += 1
             return
         self._transport.sendto(reply, addr)
 
@@ -330,17 +374,28 @@ class _TCPConnection(asyncio.Protocol):
         self._update_reading()
 
     def _answer(self, query: bytes) -> None:
-        counters = self.server.counters
-        counters.tcp_queries += 1
+        server = self.server
+        server.counters.tcp_queries += 1
         self._last_query = asyncio.get_running_loop().time()
+        start = time.perf_counter() if server.observe is not None else 0.0
         try:
-            reply = self.server.handle(query, True)
+            reply = server.handle(query, True)
         except Exception:
-            counters.handler_errors += 1
+            server.counters.handler_errors += 1
             log.exception("handler raised on a TCP query from %s; dropping it",
                           self.transport.get_extra_info("peername"))
             return
-        if reply is None:
+        if reply is None or isinstance(reply, bytes):
+            self._send(query, reply, start)
+        else:
+            server.defer(reply, lambda r: self._send(query, r, start))
+
+    def _send(self, query: bytes, reply: Reply, start: float) -> None:
+        counters = self.server.counters
+        if self.server.observe is not None:
+            self.server.observe(query, reply, True,
+                                self.transport.get_extra_info("peername"), start)
+        if reply is None or self.transport.is_closing():
             counters.dropped += 1
             return
         if len(reply) > MAX_TCP_MESSAGE:

@@ -60,6 +60,7 @@ def demo_config(**changes: Any) -> Config:
         listen=(ListenAddr("127.0.0.1", 0),),
         pods=PodsMode.INSECURE,
         poll_interval=0.1,
+        health=None, ready=None, metrics=None, lameduck=0.0, reload=0.0,
     )
     return base.replace(**changes)
 
