@@ -17,12 +17,14 @@ import logging
 import signal
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 from clusterdns.config import Config
 from clusterdns.handler import Handler
 from clusterdns.objects import Cluster
+from clusterdns.reload import ConfigWatcher
 from clusterdns.server import DNSServer, ServerOptions
 from clusterdns.snapshot import Snapshot, SnapshotRef, unsynced
 from clusterdns.source.file import FileSource, SourceError
@@ -31,6 +33,13 @@ from clusterdns.source.kube import KubeSource, KubeSourceError
 log = logging.getLogger(__name__)
 
 COALESCE_SECONDS = 0.01  # gather a burst of events into one rebuild
+
+# What a reload cannot change without a restart (bound sockets).
+RESTART_KEYS = ("listen", "health", "ready", "metrics", "tcp_max_connections",
+                "tcp_idle_timeout")
+# What makes a reload replace the source (and so re-read files or re-list the API).
+SOURCE_KEYS = ("source", "kubeconfig", "context", "labels", "namespaces", "pods",
+               "endpoint_pod_names", "poll_interval")
 
 
 class App:
@@ -52,6 +61,7 @@ class App:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
         self.failure: str | None = None
+        self.draining = False  # SIGTERM received: /ready fails, queries still answered
         # Seconds from an event reaching us (or from its trigger time) to publication.
         self.programming_latency: deque[float] = deque(maxlen=10_000)
         self.trigger_latency: deque[float] = deque(maxlen=10_000)
@@ -144,9 +154,65 @@ class App:
             await self.kube.close()
         await self.server.stop()
 
+    # ---------------------------------------------------------------------- reload
 
-async def run(config: Config) -> int:
-    """Serve until SIGTERM/SIGINT or a fatal task failure; the process exit code."""
+    async def apply_config(self, new: Config) -> None:
+        """Switch to ``new`` atomically; raises (changing nothing) if its source is bad.
+
+        Sockets stay as they are (a changed listen or HTTP address needs a restart, and
+        says so). A changed source is loaded (file) or connected (kubernetes) before
+        anything is switched; until a new Kubernetes source has synced, the previous
+        snapshot keeps answering. Everything else takes effect with the next snapshot,
+        which is built at once.
+        """
+        old = self.config
+        fixed = {k: getattr(old, k) for k in RESTART_KEYS if getattr(old, k) != getattr(new, k)}
+        if fixed:
+            log.warning("config reload: %s changed; restart clusterdns to apply that",
+                        ", ".join(fixed))
+            new = new.replace(**fixed)
+        restart = any(getattr(old, k) != getattr(new, k) for k in SOURCE_KEYS)
+        file: FileSource | None = None
+        kube: KubeSource | None = None
+        cluster: Cluster | None = None
+        if restart and new.source.kind == "file":
+            file = FileSource(new.source.paths, new.poll_interval)
+            cluster = await asyncio.to_thread(file.load)
+        elif restart:
+            kube = KubeSource(new)
+            await kube.connect()
+        # Nothing below can fail: switch.
+        self.config = new
+        self.handler.max_udp_size = new.max_udp_size
+        if restart:
+            await self._stop_source()
+            self.file, self.kube = file, kube
+            if file is not None and cluster is not None:
+                self._file_cluster = cluster
+                self._spawn("file-source", file.run(self._file_changed))
+            elif kube is not None:
+                self._spawn("kube-source", kube.run(self.changed))
+        if self.kube is None or self.kube.synced:
+            self.changed()
+
+    async def _stop_source(self) -> None:
+        for task in [t for t in self._tasks if t.get_name() in ("file-source", "kube-source")]:
+            self._tasks.remove(task)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.kube is not None:
+            await self.kube.close()
+
+
+async def run(config: Config, load: Callable[[], Config] | None = None,
+              watch: Sequence[Path] = ()) -> int:
+    """Serve until SIGTERM/SIGINT or a fatal task failure; the process exit code.
+
+    ``load`` re-reads the config (file plus flags) for reloads, on SIGHUP and when one of
+    the ``watch`` files changes. SIGTERM fails /ready at once, keeps answering for
+    ``lameduck`` seconds, then stops; SIGINT (or a second SIGTERM) stops at once.
+    """
     app = App(config)
     try:
         await app.start()
@@ -159,9 +225,29 @@ async def run(config: Config) -> int:
         await app.close()
         return 2
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+
+    def terminate() -> None:
+        if app.draining:
+            app.stop()
+            return
+        app.draining = True
+        lameduck = app.config.lameduck
+        log.info("SIGTERM: reporting not ready; answering for %.1f s more, then exiting",
+                 lameduck)
+        loop.call_later(lameduck, app.stop)
+
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGTERM, terminate)
+        loop.add_signal_handler(signal.SIGINT, app.stop)
+    if load is not None:
+        async def apply(new: Config) -> None:
+            await app.apply_config(new)
+            watcher.interval = new.reload
+
+        watcher = ConfigWatcher(watch, load, apply, config, config.reload)
+        app._spawn("config-reload", watcher.run())
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, app.stop)
+            loop.add_signal_handler(signal.SIGHUP, watcher.request)
     try:
         await app.wait()
     finally:

@@ -11,7 +11,7 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from clusterdns import __version__, config, snapshot
@@ -136,6 +136,13 @@ def _records(cfg: Config) -> int:
     return 0
 
 
+def _reloading(args: argparse.Namespace) -> tuple[Callable[[], Config], list[Path]]:
+    """How a reload re-reads the config (the file again, the same flags on top), and
+    which files to watch for changes."""
+    files = [f for f in (getattr(args, "config", None), getattr(args, "corefile", None)) if f]
+    return (lambda: build_config(args)), files
+
+
 def _check(path: Path) -> int:
     cfg = config.load(path)
     summary = (f"{path}: ok: zones {', '.join(cfg.zones)}; source {cfg.source}; "
@@ -166,8 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             import uvloop
         except ImportError:
-            return asyncio.run(app.run(cfg))
-        return uvloop.run(app.run(cfg))
+            return asyncio.run(app.run(cfg, *_reloading(args)))
+        return uvloop.run(app.run(cfg, *_reloading(args)))
     except (ConfigError, SourceError, KubeSourceError) as exc:
         print(f"clusterdns: {exc}", file=sys.stderr)
         return 2
