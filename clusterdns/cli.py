@@ -2,7 +2,8 @@
 
 Flags override the config file, which overrides the defaults. Exit codes: 0 success,
 1 the server stopped because a task failed, 2 bad usage, bad config or a source that
-cannot be read at start.
+cannot be read at start. ``clusterdns -conf FILE`` (CoreDNS's own command line, as
+kubeadm's Deployment passes it) means ``clusterdns serve --corefile FILE``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from clusterdns import __version__, config, snapshot
+from clusterdns import __version__, config, corefile, snapshot
 from clusterdns.config import Config, ConfigError
 from clusterdns.records import to_text
 from clusterdns.source.file import SourceError, load_files
@@ -25,6 +26,9 @@ log = logging.getLogger("clusterdns")
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="YAML config file (flags override it)")
+    p.add_argument("--corefile", type=Path, metavar="FILE",
+                   help="CoreDNS Corefile to read instead of a YAML config (the subset "
+                        "kubeadm/kind render; flags override it)")
     p.add_argument("--source", help="file:PATH[,PATH...] or kubernetes")
     p.add_argument("--zone", action="append", default=None, metavar="ZONE",
                    help="zone to serve (repeat; the first forward zone is the cluster domain)")
@@ -48,7 +52,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="clusterdns", description="Authoritative DNS for Kubernetes cluster domains.")
+        prog="clusterdns", description="Authoritative DNS for Kubernetes cluster domains.",
+        epilog="CoreDNS compatibility: 'clusterdns -conf FILE' is 'clusterdns serve "
+               "--corefile FILE'.")
     p.add_argument("--version", action="version", version=f"clusterdns {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="answer DNS queries")
@@ -68,7 +74,11 @@ def parser() -> argparse.ArgumentParser:
     records = sub.add_parser("records", help="print every record served, as master-file text")
     _common(records)
     check = sub.add_parser("check-config", help="validate a config file and its source")
-    check.add_argument("file", type=Path)
+    check.add_argument("file", type=Path,
+                       help="YAML config, or a Corefile when its name starts with "
+                            "'Corefile' or --corefile is given")
+    check.add_argument("--corefile", action="store_true",
+                       help="read FILE as a CoreDNS Corefile whatever its name")
     check.add_argument("--log-level", default="warning",
                        choices=["debug", "info", "warning", "error"])
     return p
@@ -76,7 +86,12 @@ def parser() -> argparse.ArgumentParser:
 
 def build_config(args: argparse.Namespace) -> Config:
     """Defaults <- config file <- flags."""
-    cfg = config.load(args.config) if args.config else Config()
+    if args.config and args.corefile:
+        raise ConfigError("", "--corefile", "give either --config or --corefile, not both")
+    if args.corefile:
+        cfg = _load_corefile(args.corefile)
+    else:
+        cfg = config.load(args.config) if args.config else Config()
     changes: dict[str, object] = {}
     if args.source:
         changes["source"] = config.parse_source(args.source, key="--source", base=Path.cwd())
@@ -143,8 +158,21 @@ def _reloading(args: argparse.Namespace) -> tuple[Callable[[], Config], list[Pat
     return (lambda: build_config(args)), files
 
 
-def _check(path: Path) -> int:
-    cfg = config.load(path)
+def _load_corefile(path: Path) -> Config:
+    """Read a Corefile, logging each of its warnings (unsupported plugins and options)."""
+    cfg, warnings = corefile.load(path)
+    for warning in warnings:
+        log.warning("%s", warning)
+    return cfg
+
+
+def _check(path: Path, is_corefile: bool = False) -> int:
+    if is_corefile or corefile.looks_like_corefile(path):
+        cfg, warnings = corefile.load(path)
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+    else:
+        cfg = config.load(path)
     summary = (f"{path}: ok: zones {', '.join(cfg.zones)}; source {cfg.source}; "
                f"listen {', '.join(str(a) for a in cfg.listen)}")
     if cfg.source.kind == "file":
@@ -158,13 +186,26 @@ def _check(path: Path) -> int:
     return 0
 
 
+def coredns_argv(argv: Sequence[str]) -> list[str]:
+    """CoreDNS's command line (``-conf FILE``, what kubeadm gives the container) as ours:
+    ``serve --corefile FILE``; any other arguments are passed on to ``serve``."""
+    argv = list(argv)
+    if argv and argv[0].lstrip("-") == "conf" and argv[0].startswith("-"):
+        if len(argv) < 2:
+            return ["serve", "--corefile"]  # argparse reports the missing value
+        return ["serve", "--corefile", argv[1], *argv[2:]]
+    if argv and argv[0].startswith(("-conf=", "--conf=")):
+        return ["serve", "--corefile", argv[0].split("=", 1)[1], *argv[1:]]
+    return argv
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parser().parse_args(coredns_argv(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "check-config":
-            return _check(args.file)
+            return _check(args.file, args.corefile)
         cfg = build_config(args)
         if args.command == "records":
             return _records(cfg)
