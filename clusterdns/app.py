@@ -22,10 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from clusterdns.config import Config
+from clusterdns.forward import Forwarder
 from clusterdns.handler import Handler
-from clusterdns.objects import Cluster
+from clusterdns.http import HttpEndpoints
+from clusterdns.metrics import ForwardDurations, Latency, QueryMetrics, new_registry
+from clusterdns.objects import Cluster, ServiceKind
+from clusterdns.querylog import QueryLog
 from clusterdns.reload import ConfigWatcher
-from clusterdns.server import DNSServer, ServerOptions
+from clusterdns.server import DNSServer, Observe, ServerOptions
 from clusterdns.snapshot import Snapshot, SnapshotRef, unsynced
 from clusterdns.source.file import FileSource, SourceError
 from clusterdns.source.kube import KubeSource, KubeSourceError
@@ -40,16 +44,34 @@ RESTART_KEYS = ("listen", "health", "ready", "metrics", "tcp_max_connections",
 # What makes a reload replace the source (and so re-read files or re-list the API).
 SOURCE_KEYS = ("source", "kubeconfig", "context", "labels", "namespaces", "pods",
                "endpoint_pod_names", "poll_interval")
+# What makes a reload replace the forwarder (and so empty its cache).
+FORWARD_KEYS = ("upstreams", "forward_timeout", "forward_max_concurrent", "loop_detect",
+                "cache_size", "cache_ttl", "cache_negative_ttl", "serve_stale")
 
 
 class App:
     def __init__(self, config: Config, *, kube: KubeSource | None = None) -> None:
         self.config = config
         self.ref = SnapshotRef(unsynced(config))
-        self.handler = Handler(self.ref, config.max_udp_size)
+        # Out-of-zone names go upstream only when upstreams are configured (SPEC S5).
+        self.forwarder = Forwarder(config) if config.upstreams else None
+        self.handler = Handler(self.ref, config.max_udp_size, self.forwarder)
+        # Per-query observers (SPEC S6): counters only when /metrics is served.
+        self.query_metrics = (
+            QueryMetrics(config.zones, self.forwarder.stats if self.forwarder else None)
+            if config.metrics is not None else None)
+        self.forward_durations = ForwardDurations()
+        if self.forwarder is not None:
+            self.forwarder.observe = self.forward_durations.observe
+        self.query_log = QueryLog() if config.log_queries else None
         self.server = DNSServer(self.handler.handle, ServerOptions(
             tcp_idle_timeout=config.tcp_idle_timeout,
-            tcp_max_connections=config.tcp_max_connections))
+            tcp_max_connections=config.tcp_max_connections), observe=self._observer())
+        self.latency = Latency()
+        self.sync_duration: float | None = None  # seconds from start() to the first sync
+        self._started_at = time.monotonic()
+        self.registry = new_registry(self, self.query_metrics)
+        self.http = HttpEndpoints(self)
         self.file: FileSource | None = None
         self.kube: KubeSource | None = None
         if config.source.kind == "file":
@@ -68,9 +90,30 @@ class App:
 
     # ----------------------------------------------------------------- publication
 
+    def _observer(self) -> Observe | None:
+        metrics, querylog = self.query_metrics, self.query_log
+        if metrics is not None and querylog is not None:
+            first, second = metrics.observe, querylog.observe
+
+            def both(query: bytes, reply: bytes | None, tcp: bool, peer: Any,
+                     start: float) -> None:
+                first(query, reply, tcp, peer, start)
+                second(query, reply, tcp, peer, start)
+            return both
+        if metrics is not None:
+            return metrics.observe
+        return querylog.observe if querylog is not None else None
+
+    @property
+    def http_bound(self) -> dict[str, tuple[str, int]]:
+        """Where each HTTP endpoint listens: ``{"ready": (host, port)}``."""
+        return self.http.bound
+
     def publish(self, cluster: Cluster) -> Snapshot:
         """Build and publish a snapshot of ``cluster`` now, on the calling thread."""
         snap = self.ref.publish_cluster(cluster, self.config)
+        if self.sync_duration is None and snap.synced:
+            self.sync_duration = time.monotonic() - self._started_at
         log.debug("published snapshot serial %d (%d names)", snap.serial, len(snap.nodes))
         return snap
 
@@ -95,16 +138,27 @@ class App:
             self._dirty.clear()
             pending = self.kube.take_pending() if self.kube is not None else []
             cluster = self._current_cluster()
-            await asyncio.to_thread(self.publish, cluster)
+            snap = await asyncio.to_thread(self.publish, cluster)
             now, wall = time.monotonic(), time.time()
             self.programming_latency.extend(now - p.received for p in pending)
             self.trigger_latency.extend(wall - p.triggered for p in pending
                                         if p.triggered is not None)
+            for p in pending:
+                self.latency.programming.observe(now - p.received)
+                info = snap.services.get(p.service) if p.service is not None else None
+                if p.triggered is not None and info is not None and \
+                        info.kind is not ServiceKind.EXTERNAL_NAME:
+                    # A slice with the controller's trigger time belongs to a service
+                    # with a selector (CoreDNS's reasoning too).
+                    kind = ("headless_with_selector" if info.kind is ServiceKind.HEADLESS
+                            else "cluster_ip")
+                    self.latency.observe_trigger(kind, wall - p.triggered)
 
     # ------------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
         """Load (file), bind, publish (file), then watch. Raises on a broken start."""
+        self._started_at = time.monotonic()
         if self.file is not None:
             self._file_cluster = self.file.load()
         elif self.kube is not None:
@@ -112,6 +166,9 @@ class App:
         await self.server.start([(a.host, a.port) for a in self.config.listen])
         for host, port in self.server.bound:
             log.info("listening on %s port %d (udp and tcp)", host, port)
+        if self.forwarder is not None:  # needs our bound addresses to skip ourselves
+            await self.forwarder.start(self.server.bound)
+        await self.http.start()  # before the first sync, so /ready can say 503
         if self._file_cluster is not None:
             snap = self.publish(self._file_cluster)
             log.info("published snapshot serial %d (%d names)", snap.serial, len(snap.nodes))
@@ -152,7 +209,10 @@ class App:
                 await task
         if self.kube is not None:
             await self.kube.close()
+        await self.http.close()
         await self.server.stop()
+        if self.forwarder is not None:
+            await self.forwarder.close()
 
     # ---------------------------------------------------------------------- reload
 
@@ -192,8 +252,22 @@ class App:
                 self._spawn("file-source", file.run(self._file_changed))
             elif kube is not None:
                 self._spawn("kube-source", kube.run(self.changed))
+        if any(getattr(old, k) != getattr(new, k) for k in FORWARD_KEYS):
+            await self._replace_forwarder(new)
         if self.kube is None or self.kube.synced:
             self.changed()
+
+    async def _replace_forwarder(self, config: Config) -> None:
+        previous = self.forwarder
+        forwarder = Forwarder(config) if config.upstreams else None
+        if forwarder is not None:
+            forwarder.observe = self.forward_durations.observe
+            await forwarder.start(self.server.bound)
+        self.forwarder = self.handler.forwarder = forwarder
+        if self.query_metrics is not None:
+            self.query_metrics.use_forwarder(forwarder.stats if forwarder else None)
+        if previous is not None:
+            await previous.close()
 
     async def _stop_source(self) -> None:
         for task in [t for t in self._tasks if t.get_name() in ("file-source", "kube-source")]:

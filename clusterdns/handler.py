@@ -6,25 +6,43 @@ question when it can be read); opcode other than QUERY -> NOTIMP; QDCOUNT != 1 -
 FORMERR; an EDNS version we do not speak -> BADVERS; class other than IN -> REFUSED;
 meta types -> NOTIMP; otherwise ``resolve`` decides and ``wire`` encodes. An exception
 while answering becomes SERVFAIL, is logged and counted.
+
+With a forwarder, three kinds of query go upstream and make ``handle`` return an
+awaitable instead of bytes: names outside our zones, the out-of-zone target of an
+ExternalName CNAME (the upstream's answer follows our CNAME), and names we would answer
+NXDOMAIN for in a ``fallthrough`` zone. Everything else stays synchronous, and names in
+our zones never reach an upstream otherwise.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import Protocol
 
+from clusterdns import names, wire
 from clusterdns import resolve as resolver
-from clusterdns import wire
-from clusterdns.records import RRType
+from clusterdns.records import CNAME, Record, RRType
 from clusterdns.resolve import EDE, Decision, Outcome
-from clusterdns.snapshot import SnapshotRef
+from clusterdns.snapshot import Snapshot, SnapshotRef
 
 log = logging.getLogger(__name__)
 
 CLASS_IN = 1
 CLASS_ANY = 255
 META_TYPES = frozenset({RRType.OPT, RRType.MAILA, RRType.MAILB, 249, 250})  # + TKEY, TSIG
+
+
+Reply = bytes | None
+
+
+class Forwarding(Protocol):
+    """What the handler needs of a forwarder (``clusterdns.forward.Forwarder``)."""
+
+    def answer(self, query: wire.Query, limit: int, chain: tuple[Record, ...] = (),
+               target: str | None = None) -> bytes | Awaitable[Reply]: ...
 
 
 @dataclass(slots=True)
@@ -38,14 +56,17 @@ class HandlerStats:
 
 
 class Handler:
-    def __init__(self, ref: SnapshotRef, max_udp_size: int = 1232) -> None:
+    def __init__(self, ref: SnapshotRef, max_udp_size: int = 1232,
+                 forwarder: Forwarding | None = None) -> None:
         self.ref = ref
         self.max_udp_size = max_udp_size
+        self.forwarder = forwarder
         self.stats = HandlerStats()
         self._rotation = itertools.count(1)
 
-    def handle(self, data: bytes, tcp: bool = False) -> bytes | None:
-        """Reply bytes for one request, or None to drop it. Never raises."""
+    def handle(self, data: bytes, tcp: bool = False) -> Reply | Awaitable[Reply]:
+        """Reply bytes for one request, None to drop it, or an awaitable of either
+        when the answer needs an upstream. Never raises."""
         header = wire.peek_header(data)
         if header is None or wire.is_response(header[1]):
             self.stats.dropped += 1
@@ -66,7 +87,8 @@ class Handler:
                 log.exception("could not even encode SERVFAIL; dropping the query")
                 return None
 
-    def _answer(self, data: bytes, header: tuple[int, int], tcp: bool) -> bytes:
+    def _answer(self, data: bytes, header: tuple[int, int],
+                tcp: bool) -> bytes | Awaitable[Reply]:
         try:
             query = wire.parse(data)
         except wire.Malformed as bad:
@@ -75,11 +97,19 @@ class Handler:
                                      self.max_udp_size)
         if query.edns is not None and query.edns.version != 0 and query.opcode == 0:
             return wire.encode_badvers(query, self.max_udp_size)
+        limit = wire.TCP_MAX if tcp else query.udp_limit(self.max_udp_size)
         decision = self._refuse(query)
         if decision is None:
-            decision = resolver.resolve(self.ref.get(), query.qname, query.qtype,
-                                        next(self._rotation))
-        limit = wire.TCP_MAX if tcp else query.udp_limit(self.max_udp_size)
+            snap = self.ref.get()
+            fwd = self.forwarder
+            if (fwd is not None and snap.zone_for(query.qname) is None
+                    and query.qtype not in (RRType.AXFR, RRType.IXFR)):
+                return fwd.answer(query, limit)
+            decision = resolver.resolve(snap, query.qname, query.qtype, next(self._rotation))
+            if fwd is not None:
+                onward = _onward(snap, query, decision)
+                if onward is not None:
+                    return fwd.answer(query, limit, *onward)
         reply = wire.encode(query, decision, limit, self.max_udp_size)
         if reply[2] & 0x02:
             self.stats.truncated += 1
@@ -99,3 +129,22 @@ class Handler:
             return Decision(Outcome.NOTIMP, ede=(
                 EDE.NOT_SUPPORTED, "meta query types are not supported"))
         return None
+
+
+def _onward(snap: Snapshot, query: wire.Query,
+            decision: Decision) -> tuple[tuple[Record, ...], str | None] | None:
+    """(our CNAME chain, name to ask upstream) when an in-zone answer continues upstream.
+
+    An ExternalName whose target is outside our zones: the chain and its target. An
+    NXDOMAIN (no chain) in a ``fallthrough`` zone: no chain, the query's own name.
+    """
+    answer = decision.answer
+    if (decision.outcome is Outcome.SUCCESS and answer and isinstance(answer[-1].data, CNAME)
+            and query.qtype not in (RRType.CNAME, RRType.ANY)):
+        target = answer[-1].data.target
+        if snap.zone_for(target) is None:
+            return answer, target
+    if (decision.outcome is Outcome.NXDOMAIN and not answer
+            and any(names.is_subdomain(query.qname, z) for z in snap.config.fallthrough)):
+        return (), None
+    return None

@@ -291,6 +291,15 @@ def encode(query: Query, decision: Decision, limit: int, server_max: int,
                 _rrsets(decision.additional)]
     groups = [(i, [_rr(r, query) for r in rs]) for i, sec in enumerate(sections) for rs in sec]
     required = len(sections[0]) + len(sections[1])
+    return _fit(query, flags, groups, required, limit, server_max, decision.ede)
+
+
+def _fit(query: Query, flags: int, groups: list[tuple[int, list[Any]]], required: int,
+         limit: int, server_max: int, ede: tuple[int, str] | None) -> bytes:
+    """Pack the largest prefix of RRset ``groups`` (section index, dnslib RRs) that fits.
+
+    The first ``required`` groups are Answer and Authority: leaving any of them out sets TC.
+    """
 
     def pack(keep: int, explain: bool = True) -> bytes:
         tc = FLAG_TC if keep < required else 0
@@ -299,7 +308,7 @@ def encode(query: Query, decision: Decision, limit: int, server_max: int,
         for section, rrs in groups[:keep]:
             (msg.rr if section == 0 else msg.auth if section == 1 else msg.ar).extend(rrs)
         if query.edns is not None:
-            msg.ar.append(_opt(query, server_max, decision.ede if explain else None, 0))
+            msg.ar.append(_opt(query, server_max, ede if explain else None, 0))
         return bytes(msg.pack())
 
     full = pack(len(groups))
@@ -343,3 +352,187 @@ def encode_badvers(query: Query, server_max: int) -> bytes:
     msg.ar.append(_opt(query, server_max, (0, "only EDNS version 0 is supported"),
                        BADVERS >> 4))
     return bytes(msg.pack())
+
+
+# --------------------------------------------------------------------------- forwarding
+# Packet-level help for ``forward``: the query we send upstream, the checks a reply must
+# pass before we believe it, its cache lifetime (RFC 2308) and the reply we relay.
+
+FLAG_RA = 0x0080
+FLAG_AD = 0x0020
+RCODE_NOERROR = 0
+RCODE_SERVFAIL = 2
+RCODE_NXDOMAIN = 3
+RCODE_REFUSED = 5
+RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP",
+               5: "REFUSED", 6: "YXDOMAIN", 7: "YXRRSET", 8: "NXRRSET", 9: "NOTAUTH",
+               10: "NOTZONE"}
+EDE_STALE_ANSWER = 3  # RFC 8914 §4.4
+EDE_NO_REACHABLE_AUTHORITY = 22  # RFC 8914 §4.23
+STALE_TTL = 30  # RFC 8767 §4: TTL of records in a stale answer
+UPSTREAM_PAYLOAD = 1232
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamReply:
+    """An upstream's reply that matched our query; records are dnslib RRs (never mutated)."""
+
+    rcode: int
+    flags: int
+    answer: tuple[Any, ...]
+    authority: tuple[Any, ...]
+    additional: tuple[Any, ...]  # without OPT
+
+    @property
+    def truncated(self) -> bool:
+        return bool(self.flags & FLAG_TC)
+
+    @property
+    def rcode_name(self) -> str:
+        return RCODE_NAMES.get(self.rcode, f"RCODE{self.rcode}")
+
+
+def labels_of(name: str) -> tuple[bytes, ...]:
+    """Wire labels of a normal-form name ("" is the root)."""
+    return tuple(label.encode("latin-1") for label in name.split(".")) if name else ()
+
+
+def upstream_query(labels: Sequence[bytes], qtype: int, qclass: int, ident: int, *,
+                   do: bool = False, cd: bool = False) -> bytes:
+    """A recursive query (RD set, CD as asked) with an OPT advertising 1232 bytes."""
+    flags = FLAG_RD | (FLAG_CD if cd else 0)
+    name = b"".join(bytes([len(label)]) + label for label in labels) + b"\x00"
+    opt = b"\x00" + struct.pack("!HHIH", rr.RRType.OPT, UPSTREAM_PAYLOAD,
+                                0x8000 if do else 0, 0)
+    return (HEADER.pack(ident, flags, 1, 0, 0, 1) + name + struct.pack("!HH", qtype, qclass)
+            + opt)
+
+
+def read_reply(data: bytes, ident: int, labels: Sequence[bytes], qtype: int,
+               qclass: int) -> UpstreamReply | None:
+    """The upstream reply in ``data`` if it answers our query, None if it does not.
+
+    A packet with another ID, without QR, or with another question (compared without
+    regard to letter case) is not ours and is discarded. One that carries our ID but
+    cannot be parsed raises ``Malformed``; the caller retries over TCP. A truncated
+    reply without a question is accepted as truncated (the TCP retry will tell).
+    """
+    header = peek_header(data)
+    if header is None or header[0] != ident or not header[1] & FLAG_QR:
+        return None
+    try:
+        msg = dnslib.DNSRecord.parse(data)
+    except Exception as exc:  # dnslib raises several kinds on garbage
+        raise Malformed(f"unparseable upstream reply: {exc}", header, b"") from None
+    flags = header[1]
+    if (flags >> 11) & 0xF != 0:
+        return None
+    if not msg.questions and flags & FLAG_TC:
+        return UpstreamReply(flags & 0xF, flags, (), (), ())
+    if len(msg.questions) != 1:
+        return None
+    question = msg.questions[0]
+    asked = [label.lower() for label in labels]
+    if ([bytes(label).lower() for label in question.qname.label] != asked
+            or question.qtype != qtype or question.qclass != qclass):
+        return None
+    return UpstreamReply(
+        rcode=flags & 0xF, flags=flags, answer=tuple(msg.rr), authority=tuple(msg.auth),
+        additional=tuple(r for r in msg.ar if r.rtype != rr.RRType.OPT))
+
+
+def cache_lifetime(reply: UpstreamReply) -> tuple[str, int] | None:
+    """("success" | "denial", seconds) this reply may be cached for, None if not at all.
+
+    Success: the smallest TTL of its records. Denial (NXDOMAIN, or NOERROR with an empty
+    Answer) per RFC 2308 §5: the SOA in Authority gives min(SOA TTL, SOA MINIMUM); without
+    an SOA a negative answer is not cached. Other rcodes and truncated replies are not
+    cached.
+    """
+    if reply.truncated or reply.rcode not in (RCODE_NOERROR, RCODE_NXDOMAIN):
+        return None
+    denial = reply.rcode == RCODE_NXDOMAIN or not reply.answer
+    ttls = [r.ttl for r in (*reply.answer, *reply.authority, *reply.additional)
+            if r.rtype != rr.RRType.SOA]
+    soas = [min(r.ttl, r.rdata.times[4]) for r in reply.authority
+            if r.rtype == rr.RRType.SOA and isinstance(r.rdata, dnslib.SOA)]
+    if denial:
+        if not soas:
+            return None
+        return "denial", min([*soas, *(r.ttl for r in reply.answer)])
+    all_ttls = ttls + soas
+    return "success", min(all_ttls) if all_ttls else 0
+
+
+def _respell(label: Any, query: Query) -> Any:
+    """An upstream owner name with the query's letter case on the labels it shares."""
+    labels = list(label.label)
+    qlabels = query.labels
+    i = 1
+    while (i <= len(labels) and i <= len(qlabels)
+           and bytes(labels[-i]).lower() == qlabels[-i].lower()):
+        labels[-i] = qlabels[-i]
+        i += 1
+    return dnslib.DNSLabel(labels)
+
+
+def _upstream_rrsets(records: Sequence[Any], query: Query, ttl: Any) -> list[list[Any]]:
+    out: list[list[Any]] = []
+    last: tuple[bytes, int] | None = None
+    for rec in records:
+        key = (str(rec.rname).lower().encode(), rec.rtype)
+        copy = dnslib.RR(_respell(rec.rname, query), rec.rtype, rec.rclass, ttl(rec.ttl),
+                         rec.rdata)
+        if out and key == last:
+            out[-1].append(copy)
+        else:
+            out.append([copy])
+        last = key
+    return out
+
+
+def relay(query: Query, reply: UpstreamReply, limit: int, server_max: int, *,
+          chain: Sequence[Record] = (), ttl_cap: int | None = None, age: int = 0,
+          stale: bool = False) -> bytes:
+    """Our reply to ``query`` carrying the upstream's answer, no larger than ``limit``.
+
+    The client's ID and question (with its letter case), RD/CD from the query, RA set,
+    the upstream's rcode, our own OPT. ``chain`` (our CNAMEs of an ExternalName) goes in
+    front of the upstream's Answer and makes the reply authoritative; otherwise AA is
+    clear. TTLs are capped at ``ttl_cap`` and reduced by ``age``; a stale reply has
+    TTL 30 everywhere upstream data appears and says so with an extended error.
+    AD is kept only when the client showed it understands it (AD or DO, RFC 6840 §5.8).
+    """
+    flags = (FLAG_QR | FLAG_RA | (query.flags & (0x7800 | FLAG_RD | FLAG_CD))
+             | (reply.rcode & 0xF))
+    if chain:
+        flags |= FLAG_AA
+    wants_ad = bool(query.flags & FLAG_AD) or (query.edns is not None and query.edns.do)
+    if reply.flags & FLAG_AD and wants_ad:
+        flags |= FLAG_AD
+
+    def ttl(value: int) -> int:
+        if stale:
+            return STALE_TTL
+        if ttl_cap is not None:
+            value = min(value, ttl_cap)
+        return max(0, value - age)
+
+    groups: list[tuple[int, list[Any]]] = [
+        (0, [_rr(r, query) for r in rs]) for rs in _rrsets(chain)]
+    for section, records in enumerate((reply.answer, reply.authority, reply.additional)):
+        groups.extend((section, rs) for rs in _upstream_rrsets(records, query, ttl))
+    required = sum(1 for section, _ in groups if section < 2)
+    ede = (EDE_STALE_ANSWER, "serving stale data: no upstream answered") if stale else None
+    return _fit(query, flags, groups, required, limit, server_max, ede)
+
+
+def encode_forward_error(query: Query, outcome: Outcome, limit: int, server_max: int,
+                         ede: tuple[int, str], chain: Sequence[Record] = ()) -> bytes:
+    """SERVFAIL / REFUSED for a forwarded name (RA set), after ``chain`` if there is one."""
+    flags = FLAG_QR | FLAG_RA | (query.flags & (0x7800 | FLAG_RD | FLAG_CD)) | RCODE[outcome]
+    if chain:
+        flags |= FLAG_AA
+    groups: list[tuple[int, list[Any]]] = [
+        (0, [_rr(r, query) for r in rs]) for rs in _rrsets(chain)]
+    return _fit(query, flags, groups, len(groups), limit, server_max, ede)

@@ -191,6 +191,7 @@ def check(data: bytes, handler: Handler = SYNCED) -> None:
         assert reply is None, f"replied to a response or a runt: {data!r}"
         return
     assert reply is not None, f"no reply to {data!r}"
+    assert isinstance(reply, bytes), "without a forwarder every answer is synchronous"
     assert len(reply) >= 12
     assert reply[:2] == data[:2], "reply ID must match the query ID"
     assert reply[2] & 0x80, "QR must be set in a reply"

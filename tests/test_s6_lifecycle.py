@@ -265,3 +265,23 @@ def test_a_changed_listen_address_is_reported_as_needing_a_restart(child: Child)
     wait_for(lambda: "restart clusterdns to apply" in child.log(), "the warning")
     assert "listen" in child.log()
     wait_for(lambda: ttl_of(child.ask()) == 6, "the rest of the config applied")
+
+
+def test_a_reload_that_sets_or_clears_upstreams_starts_or_stops_forwarding(child: Child) -> None:
+    from upstream import FakeUpstream
+
+    up = FakeUpstream(["example.com. 300 IN A 192.0.2.1"])
+    try:
+        assert child.ask("example.com").rcode() == dns.rcode.REFUSED
+        child.write_config(upstreams=[up.address], loop_detect=False)
+        wait_for(lambda: child.ask("example.com").rcode() == dns.rcode.NOERROR, "forwarding")
+        assert [rd.to_text() for rrset in child.ask("example.com").answer for rd in rrset] \
+            == ["192.0.2.1"]
+        assert up.count("example.com") >= 1
+        assert ttl_of(child.ask()) == 5  # our own zone untouched, never sent upstream
+        assert all("cluster.local" not in n for n in up.names_seen())
+        child.write_config()
+        wait_for(lambda: child.ask("example.com").rcode() == dns.rcode.REFUSED,
+                 "forwarding switched off")
+    finally:
+        up.close()

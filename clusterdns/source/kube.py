@@ -108,6 +108,7 @@ class Pending:
 
     received: float  # monotonic
     triggered: float | None  # wall clock, from the EndpointSlice annotation
+    service: tuple[str, str] | None = None  # (namespace, service) of a changed slice
 
 
 class Backoff:
@@ -155,6 +156,17 @@ def _trigger_time(raw: Mapping[str, Any]) -> float | None:
         return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None
+
+
+def _slice_service(raw: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(namespace, service name) an EndpointSlice belongs to, from its label."""
+    meta = raw.get("metadata")
+    labels = meta.get("labels") if isinstance(meta, dict) else None
+    service = labels.get("kubernetes.io/service-name") if isinstance(labels, dict) else None
+    if not isinstance(service, str) or not isinstance(meta, dict):
+        return None
+    ns = meta.get("namespace")
+    return ((ns if isinstance(ns, str) else "default").lower(), service.lower())
 
 
 def _raw_key(kind: Kind, raw: Mapping[str, Any]) -> Key | None:
@@ -337,7 +349,10 @@ class Reflector:
             key = _raw_key(kind, raw)
             changed = key is not None and store.delete(kind, key)
         if changed:
-            self.source.note_change(_trigger_time(raw) if kind is Kind.ENDPOINT_SLICE else None)
+            if kind is Kind.ENDPOINT_SLICE:
+                self.source.note_change(_trigger_time(raw), _slice_service(raw))
+            else:
+                self.source.note_change(None)
 
 
 @dataclass
@@ -401,8 +416,9 @@ class KubeSource:
         pending, self.pending = self.pending, []
         return pending
 
-    def note_change(self, triggered: float | None) -> None:
-        self.pending.append(Pending(self.clock(), triggered))
+    def note_change(self, triggered: float | None,
+                    service: tuple[str, str] | None = None) -> None:
+        self.pending.append(Pending(self.clock(), triggered, service))
         if self.synced:
             self._changed()
 
