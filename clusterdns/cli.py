@@ -64,6 +64,9 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--upstream", action="append", default=None, metavar="ADDR|FILE",
                        help="forward other names here: IP[:PORT] or a resolv.conf path "
                             "(repeat)")
+    serve.add_argument("--fallthrough", action="append", default=None, metavar="ZONE",
+                       help="ask the upstreams instead of answering NXDOMAIN for names "
+                            "in this zone (repeat)")
     for name, default in (("health", ":8080"), ("ready", ":8181"), ("metrics", ":9153")):
         serve.add_argument(f"--{name}", metavar="ADDR",
                            help=f"HTTP /{name} address (default {default}; empty: off)")
@@ -115,6 +118,9 @@ def build_config(args: argparse.Namespace) -> Config:
     if getattr(args, "upstream", None):
         changes["upstreams"] = tuple(config.parse_upstream(u, key="--upstream")
                                      for u in args.upstream)
+    if getattr(args, "fallthrough", None):
+        changes["fallthrough"] = frozenset(config.parse_zone(z, key="--fallthrough")
+                                           for z in args.fallthrough)
     for key in ("health", "ready", "metrics"):
         if getattr(args, key, None) is not None:
             changes[key] = config.parse_endpoint(getattr(args, key), key=f"--{key}")

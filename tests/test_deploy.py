@@ -356,6 +356,7 @@ def test_the_sidecar_is_the_pods_only_resolver_on_loopback_and_forwards_elsewher
     assert spec["dnsConfig"]["searches"] == [f"{ns}.svc.{zone}", f"svc.{zone}", zone]
     assert {"name": "ndots", "value": "5"} in spec["dnsConfig"]["options"]
     assert cfg.namespaces == frozenset({ns})
+    assert cfg.fallthrough == frozenset({zone})  # other namespaces: ask the cluster DNS
     # With dnsPolicy None the pod's resolv.conf points at the sidecar itself: the
     # upstream has to be the cluster DNS by address, never a resolv.conf or loopback.
     assert cfg.upstreams

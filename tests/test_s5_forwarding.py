@@ -424,6 +424,21 @@ def test_s5_fallthrough_sends_an_unknown_in_addr_arpa_ptr_upstream(
     assert upstream.count("nothing.default.svc.cluster.local") == 0
 
 
+def test_s5_a_sidecar_watching_one_namespace_falls_through_to_the_cluster_dns_for_others(
+        make_server: ServerFactory, upstreams: Callable[..., FakeUpstream]) -> None:
+    cluster_dns = upstreams(["kube-dns.kube-system.svc.cluster.local. 5 IN A 10.96.0.10"])
+    server = forwarding(make_server, cluster_dns.address, namespaces=frozenset({"default"}),
+                        fallthrough=frozenset({"cluster.local"}))
+    other = server.ask("kube-dns.kube-system.svc.cluster.local")
+    assert other.rcode() == dns.rcode.NOERROR and addresses(other) == ["10.96.0.10"]
+    assert not other.flags & dns.flags.AA  # relayed, not ours
+    assert cluster_dns.count("kube-dns.kube-system.svc.cluster.local") == 1
+    # Names of the watched namespace are answered here and never asked upstream.
+    own = server.ask("web.default.svc.cluster.local")
+    assert own.rcode() == dns.rcode.NOERROR and own.flags & dns.flags.AA
+    assert cluster_dns.count("web.default.svc.cluster.local") == 0
+
+
 def test_s5_a_slow_upstream_does_not_block_in_zone_answers(
         make_server: ServerFactory, upstream: FakeUpstream) -> None:
     server = forwarding(make_server, upstream.address, forward_timeout=30)

@@ -285,3 +285,38 @@ def test_a_reload_that_sets_or_clears_upstreams_starts_or_stops_forwarding(child
                  "forwarding switched off")
     finally:
         up.close()
+
+
+def test_a_broken_corefile_reload_names_the_line_and_keeps_the_old_config(
+        tmp_path: Path) -> None:
+    dns_port, ready_port = free_port(), free_port()
+
+    def corefile(ttl: str) -> str:
+        return (f".:{dns_port} {{\n    bind 127.0.0.1\n    ready 127.0.0.1:{ready_port}\n"
+                "    kubernetes cluster.local in-addr.arpa ip6.arpa {\n"
+                f"        pods insecure\n        ttl {ttl}\n    }}\n    reload 1s\n}}\n")
+
+    path = tmp_path / "Corefile"
+    path.write_text(corefile("5"), encoding="utf-8")
+    stderr = tmp_path / "stderr.log"
+    with stderr.open("wb") as err:
+        # The Corefile as kubeadm writes it, with the demo dump as the source (a flag).
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "clusterdns", "serve", "--corefile", str(path),
+             "--source", f"file:{DEMO_CLUSTER}"],
+            stdout=subprocess.DEVNULL, stderr=err)
+    c = Child(proc, path, stderr, dns_port, ready_port)
+    try:
+        wait_for(lambda: answers(c) or proc.poll() is not None, "the server to answer")
+        assert ttl_of(c.ask()) == 5, c.log()
+        path.write_text(corefile("8"), encoding="utf-8")
+        wait_for(lambda: ttl_of(c.ask()) == 8, "the Corefile change")
+        path.write_text(corefile("eight"), encoding="utf-8")
+        wait_for(lambda: "rejected" in c.log(), "the rejection")
+        line = next(x for x in c.log().splitlines() if "rejected" in x)
+        assert f"{path}:6" in line and "ttl" in line, line  # file:line and directive
+        time.sleep(1.5)
+        assert ttl_of(c.ask()) == 8 and proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
