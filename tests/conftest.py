@@ -8,6 +8,7 @@ free port, so tests talk to it exactly as dig or a pod would.
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -162,3 +163,18 @@ def rrset_texts(msg: dns.message.Message, section: str = "answer") -> list[str]:
 def addresses(msg: dns.message.Message, rdtype: str = "A") -> list[str]:
     t = dns.rdatatype.from_text(rdtype)
     return [rd.to_text() for rrset in msg.answer if rrset.rdtype == t for rd in rrset]
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1 right now."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", 0))
+            port = int(udp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise AssertionError("no free port for UDP and TCP")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ import dns.rrset
 import pytest
 
 from clusterdns import __version__, config
-from conftest import ROOT, RunningServer
+from conftest import ROOT, RunningServer, free_port
 
 DEMO_CONFIG = ROOT / "config" / "demo.yaml"
 TIMEOUT = 20.0
@@ -291,21 +290,6 @@ def test_the_zone_flag_replaces_the_zones_of_the_config_file() -> None:
                       "hostmaster.example.internal. 1 7200 1800 86400 5") in printed
 
 
-def _free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 right now."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = int(udp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise AssertionError("no free port for UDP and TCP")
-
-
 @contextlib.contextmanager
 def serving(*args: str) -> Iterator[subprocess.Popen[str]]:
     proc = subprocess.Popen([sys.executable, "-m", "clusterdns", "serve", *args], cwd=ROOT,
@@ -338,7 +322,7 @@ def _wait_answering(proc: subprocess.Popen[str], port: int, name: str) -> dns.me
 
 
 def test_serve_listens_where_the_flag_says_and_serves_the_zone_the_flag_names() -> None:
-    port = _free_port()
+    port = free_port()
     with serving("--config", "config/demo.yaml", "--listen", f"127.0.0.1:{port}",
                  "--zone", "example.internal") as proc:
         reply = _wait_answering(proc, port, "httpenv.default.svc.example.internal")

@@ -14,7 +14,6 @@ import dataclasses
 import logging
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ import pytest
 
 from clusterdns import corefile
 from clusterdns.config import Config, ConfigError, ListenAddr, PodsMode, SourceSpec
-from conftest import DEMO_CLUSTER, ROOT
+from conftest import DEMO_CLUSTER, ROOT, free_port
 from fakekube import FakeKube
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -406,21 +405,6 @@ def fake(tmp_path: Path) -> Iterator[tuple[FakeKube, Path]]:
     server.load_yaml(DEMO_CLUSTER)
     with server:
         yield server, server.write_kubeconfig(tmp_path / "kubeconfig")
-
-
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 right now."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = int(udp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise AssertionError("no free port for UDP and TCP")
 
 
 def served_corefile(tmp_path: Path, kubeconfig: Path, port: int) -> Path:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import ssl
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from kubernetes import client as _client
 from kubernetes import config as _config
 from kubernetes import watch as _watch
 
-from conftest import DEMO_CLUSTER, ROOT
+from conftest import DEMO_CLUSTER, ROOT, free_port
 from fakekube import CONTINUE_EXPIRED_MESSAGE, FakeKube, RequestRecord
 
 # The client packages are only partly typed (untyped Watch and config helpers, Optional
@@ -102,12 +101,6 @@ def raw_get(fake: FakeKube, path: str, token: str | None = None) -> tuple[int, A
         return status, json.loads(body)
     except ValueError:
         return status, body.decode()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def read_lines(resp: Any) -> list[dict[str, Any]]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,24 +26,10 @@ import dns.query
 import dns.rcode
 import pytest
 
-from conftest import DEMO_CLUSTER
+from conftest import DEMO_CLUSTER, free_port
 
 NAME = "httpenv.default.svc.cluster.local"
 HTTPENV_IP = "10.108.189.10"
-
-
-def free_port() -> int:
-    """A port free for UDP and TCP on 127.0.0.1 right now."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = int(udp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
 
 
 @dataclass

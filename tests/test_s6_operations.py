@@ -33,7 +33,7 @@ from test_kube_source import endpoint_slice, fast_source, wait_synced
 from upstream import FakeUpstream
 
 from clusterdns.config import ListenAddr, SourceSpec
-from conftest import DEMO_CLUSTER, ROOT, RunningServer
+from conftest import DEMO_CLUSTER, ROOT, RunningServer, free_port
 from fakekube import FakeKube
 
 LOOPBACK0 = ListenAddr("127.0.0.1", 0)
@@ -106,12 +106,6 @@ def fake() -> Iterator[FakeKube]:
         yield server
     finally:
         server.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ----------------------------------------------------------------------------- health
