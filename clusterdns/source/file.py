@@ -4,8 +4,10 @@
 DNS needs from a cluster; pointing clusterdns at that file lets people test names with
 dig offline, reproduce a user's problem from their dump, and run the demo. Each file may
 hold several YAML documents, each a single object or a ``kind: List`` (or ``ServiceList``
-and the like) with ``items``; ``-o json`` dumps are read with the ``json`` module, which is
-much faster on large files.
+and the like) with ``items``. ``-o json`` dumps (a ``.json`` name, or text that starts
+with ``{`` or ``[`` and parses as JSON) are read with the ``json`` module: a 35 MB List at
+10k Services and 100k endpoints takes PyYAML about ten seconds, ``json`` well under one. A
+top-level JSON array counts as one document per element.
 
 A file that cannot be read or parsed fails the whole load (``SourceError``): serving half
 a cluster would turn real names into NXDOMAIN. A single malformed object is skipped with
@@ -79,12 +81,17 @@ def _parse(path: Path) -> list[Any]:
     except UnicodeDecodeError as exc:
         raise SourceError(f"{path}: cannot read: not UTF-8 text (byte {exc.start})") from None
     first = _FIRST_NON_SPACE.search(text)
-    if first is not None and first.group() == "{":
+    if first is None:
+        return []
+    if path.suffix.lower() == ".json":
+        return _parse_json(path, text)
+    if first.group() in "{[":
+        # Most likely ``-o json``; a YAML file may start with a flow collection too
+        # (``{kind: Namespace, ...}``), so anything that is not JSON goes on to YAML.
         try:
-            return [json.loads(text)]
-        except json.JSONDecodeError as exc:
-            raise SourceError(f"{path}: not valid JSON at line {exc.lineno}, "
-                              f"column {exc.colno}: {exc.msg}") from None
+            return _parse_json(path, text)
+        except SourceError:
+            pass
     try:
         return list(yaml.load_all(text, Loader=_YamlLoader))
     except yaml.MarkedYAMLError as exc:
@@ -100,6 +107,22 @@ def _parse(path: Path) -> list[Any]:
                           f"{exc.reason}") from None
     except yaml.YAMLError as exc:
         raise SourceError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+
+
+def _parse_json(path: Path, text: str) -> list[Any]:
+    """The documents of a JSON file: the value itself, or each element of a top-level array.
+
+    The ``json`` module reads a 35 MB ``kubectl get -o json`` List in well under a
+    second, where PyYAML (even with libyaml) needs about ten.
+    """
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SourceError(f"{path}: not valid JSON at line {exc.lineno}, "
+                          f"column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise SourceError(f"{path}: not valid JSON: nested too deeply") from None
+    return value if isinstance(value, list) else [value]
 
 
 class _Collector:
