@@ -3,6 +3,8 @@
 Shared by every bench script so they all measure the same shape of cluster: services
 ``svc-<i>`` spread over 50 namespaces, each with a ClusterIP and a named port; the
 first ``endpoints / 100`` services are backed by one EndpointSlice of 100 ready pods.
+With ``headless=H`` the first H services are headless (``clusterIP: None``) instead, so
+their endpoints get names of their own (the churn bench changes those).
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ def namespace_of(i: int) -> str:
 
 
 def objects(services: int = 10_000, endpoints: int = 100_000,
-            per_slice: int = 100) -> Iterator[dict[str, Any]]:
+            per_slice: int = 100, headless: int = 0) -> Iterator[dict[str, Any]]:
     """Raw API objects (with kind/apiVersion), namespaces first."""
     for n in range(NAMESPACES):
         yield {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": f"ns-{n}"}}
     for i in range(services):
-        ip = f"10.{96 + i // 65536}.{(i // 256) % 256}.{i % 256}"
+        ip = (f"10.{96 + i // 65536}.{(i // 256) % 256}.{i % 256}" if i >= headless
+              else "None")
         yield {"apiVersion": "v1", "kind": "Service",
                "metadata": {"name": f"svc-{i}", "namespace": namespace_of(i),
                             "labels": {"app": f"svc-{i}"}},
