@@ -3,7 +3,10 @@
 Flags override the config file, which overrides the defaults. Exit codes: 0 success,
 1 the server stopped because a task failed, 2 bad usage, bad config or a source that
 cannot be read at start. ``clusterdns -conf FILE`` (CoreDNS's own command line, as
-kubeadm's Deployment passes it) means ``clusterdns serve --corefile FILE``.
+kubeadm's Deployment passes it) means ``clusterdns serve --corefile FILE``. With
+``--workers N`` (N > 1) ``serve`` becomes the supervisor of N worker processes
+(``clusterdns.workers``), which re-runs this same command line with hidden
+``--worker-*`` flags for each worker.
 """
 
 from __future__ import annotations
@@ -12,14 +15,15 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from clusterdns import __version__, config, corefile, snapshot
 from clusterdns.config import Config, ConfigError
 from clusterdns.records import to_text
+from clusterdns.source import KubeSourceError
 from clusterdns.source.file import SourceError, load_files
-from clusterdns.source.kube import KubeSourceError
 
 log = logging.getLogger("clusterdns")
 
@@ -74,6 +78,14 @@ def parser() -> argparse.ArgumentParser:
                        help="keep answering this long after SIGTERM (default 5)")
     serve.add_argument("--log-queries", action="store_true", default=None,
                        help="log every query (CoreDNS log format) to stdout")
+    serve.add_argument("--workers", type=int, metavar="N",
+                       help="worker processes sharing the DNS port with SO_REUSEPORT, each "
+                            "with its own source and snapshot (default 1)")
+    # Set by the supervisor on the worker processes it starts (clusterdns.workers).
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-pipe", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-listen", action="append", default=None,
+                       help=argparse.SUPPRESS)
     records = sub.add_parser("records", help="print every record served, as master-file text")
     _common(records)
     check = sub.add_parser("check-config", help="validate a config file and its source")
@@ -130,6 +142,14 @@ def build_config(args: argparse.Namespace) -> Config:
         changes["lameduck"] = args.lameduck
     if getattr(args, "log_queries", None):
         changes["log_queries"] = True
+    if getattr(args, "workers", None) is not None:
+        if not 1 <= args.workers <= config.MAX_WORKERS:
+            raise ConfigError("", "--workers", f"{args.workers}: expected a whole number from "
+                                               f"1 to {config.MAX_WORKERS}")
+        changes["workers"] = args.workers
+    if getattr(args, "worker_listen", None):  # the supervisor's resolved addresses
+        changes["listen"] = tuple(config.parse_listen(x, key="--worker-listen")
+                                  for x in args.worker_listen)
     for key in ("kubeconfig", "context", "labels"):
         if getattr(args, key, None):
             changes[key] = getattr(args, key)
@@ -205,23 +225,35 @@ def coredns_argv(argv: Sequence[str]) -> list[str]:
     return argv
 
 
+def _run(main: Coroutine[Any, Any, int]) -> int:
+    """Run on uvloop when it is installed, on plain asyncio otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(coredns_argv(sys.argv[1:] if argv is None else argv))
+    argv = coredns_argv(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(argv)
+    worker = getattr(args, "worker_index", None)
+    who = "" if worker is None else f" [worker {worker}]"
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format=f"%(asctime)s %(levelname)s %(name)s{who}: %(message)s")
     try:
         if args.command == "check-config":
             return _check(args.file, args.corefile)
         cfg = build_config(args)
         if args.command == "records":
             return _records(cfg)
-        from clusterdns import app
+        from clusterdns import app, workers
 
-        try:
-            import uvloop
-        except ImportError:
-            return asyncio.run(app.run(cfg, *_reloading(args)))
-        return uvloop.run(app.run(cfg, *_reloading(args)))
+        if worker is None and cfg.workers > 1:
+            return _run(workers.supervise(cfg, argv))
+        if args.worker_pipe is not None:
+            workers.stop_with_supervisor(args.worker_pipe)
+        return _run(app.run(cfg, *_reloading(args)))
     except (ConfigError, SourceError, KubeSourceError) as exc:
         print(f"clusterdns: {exc}", file=sys.stderr)
         return 2

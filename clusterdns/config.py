@@ -62,6 +62,7 @@ class ListenAddr:
 
 
 DEFAULT_ZONES = ("cluster.local", "in-addr.arpa", "ip6.arpa")
+MAX_WORKERS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +102,9 @@ class Config:
     lameduck: float = 5.0  # seconds of answering after SIGTERM, with /ready failing
     reload: float = 2.0  # seconds between config-file change checks; 0: SIGHUP only
     log_queries: bool = False  # one CoreDNS ``log``-format line per query, on stdout
+    # Worker processes sharing the DNS port with SO_REUSEPORT (clusterdns.workers); each
+    # runs its own source and snapshot. Changing it needs a restart.
+    workers: int = 1
     origin: str = field(default="", compare=False)  # file it came from, for messages
 
     @property
@@ -278,6 +282,7 @@ def _options(where: str, base: Path | None) -> dict[str, Callable[[Any], Any]]:
         "lameduck": lambda v: _number(v, where, "lameduck", 0, 600),
         "reload": lambda v: _number(v, where, "reload", 0, 3600),
         "log_queries": lambda v: _bool(v, where, "log_queries"),
+        "workers": lambda v: _int(v, where, "workers", 1, MAX_WORKERS),
     }
 
 

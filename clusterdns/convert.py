@@ -267,7 +267,8 @@ def _endpoint(item: Any, address: Callable[[Any], str]) -> Endpoint:
     target = _mapping(item.get("targetRef"), "targetRef")
     pod_name = ""
     if _str(target.get("kind"), "targetRef.kind") == "Pod":
-        pod_name = sys.intern(_str(target.get("name"), "targetRef.name").lower())
+        # Not interned: pod names are unique, the intern table would only add ~40 B each.
+        pod_name = _str(target.get("name"), "targetRef.name").lower()
     return Endpoint(addresses, ready is not False, hostname, pod_name)
 
 

@@ -12,6 +12,11 @@ awaitable instead of bytes: names outside our zones, the out-of-zone target of a
 ExternalName CNAME (the upstream's answer follows our CNAME), and names we would answer
 NXDOMAIN for in a ``fallthrough`` zone. Everything else stays synchronous, and names in
 our zones never reach an upstream otherwise.
+
+The fast path (``fastpath.ReplyCache``) sits in front: the transports try
+``Handler.fast.lookup`` first, and every reply this handler makes that depends only on
+the snapshot and the query bytes (not forwarded, not an error it logged) is stored there
+for the next identical query, rotations of round-robin RRsets included.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Protocol
 
 from clusterdns import names, wire
 from clusterdns import resolve as resolver
+from clusterdns.fastpath import ReplyCache
 from clusterdns.records import CNAME, Record, RRType
 from clusterdns.resolve import EDE, Decision, Outcome
 from clusterdns.snapshot import Snapshot, SnapshotRef
@@ -57,12 +63,37 @@ class HandlerStats:
 
 class Handler:
     def __init__(self, ref: SnapshotRef, max_udp_size: int = 1232,
-                 forwarder: Forwarding | None = None) -> None:
+                 forwarder: Forwarding | None = None, *, fast: bool = True,
+                 fast_entries: int | None = None) -> None:
         self.ref = ref
-        self.max_udp_size = max_udp_size
-        self.forwarder = forwarder
+        self.fast: ReplyCache | None = (
+            (ReplyCache(ref, fast_entries) if fast_entries else ReplyCache(ref))
+            if fast else None)
+        self._max_udp_size = max_udp_size
+        self._forwarder = forwarder
         self.stats = HandlerStats()
         self._rotation = itertools.count(1)
+
+    # Stored replies depend on these two: changing either forgets them.
+    @property
+    def max_udp_size(self) -> int:
+        return self._max_udp_size
+
+    @max_udp_size.setter
+    def max_udp_size(self, value: int) -> None:
+        self._max_udp_size = value
+        if self.fast is not None:
+            self.fast.clear()
+
+    @property
+    def forwarder(self) -> Forwarding | None:
+        return self._forwarder
+
+    @forwarder.setter
+    def forwarder(self, value: Forwarding | None) -> None:
+        self._forwarder = value
+        if self.fast is not None:
+            self.fast.clear()
 
     def handle(self, data: bytes, tcp: bool = False) -> Reply | Awaitable[Reply]:
         """Reply bytes for one request, None to drop it, or an awaitable of either
@@ -98,14 +129,21 @@ class Handler:
         if query.edns is not None and query.edns.version != 0 and query.opcode == 0:
             return wire.encode_badvers(query, self.max_udp_size)
         limit = wire.TCP_MAX if tcp else query.udp_limit(self.max_udp_size)
+        snap = self.ref.get()
+        fwd = self.forwarder
+        fast = self.fast
+        rotation = 0
         decision = self._refuse(query)
         if decision is None:
-            snap = self.ref.get()
-            fwd = self.forwarder
             if (fwd is not None and snap.zone_for(query.qname) is None
                     and query.qtype not in (RRType.AXFR, RRType.IXFR)):
                 return fwd.answer(query, limit)
-            decision = resolver.resolve(snap, query.qname, query.qtype, next(self._rotation))
+            rotation = next(self._rotation)
+            if fast is not None:
+                wanted = fast.wanted_rotation(data, tcp)
+                if wanted is not None:
+                    rotation = wanted
+            decision = resolver.resolve(snap, query.qname, query.qtype, rotation)
             if fwd is not None:
                 onward = _onward(snap, query, decision)
                 if onward is not None:
@@ -113,6 +151,13 @@ class Handler:
         reply = wire.encode(query, decision, limit, self.max_udp_size)
         if reply[2] & 0x02:
             self.stats.truncated += 1
+        if fast is not None:
+            in_zone = snap.zone_for(query.qname) is not None
+            if in_zone or fwd is None:  # else metrics would count it as forwarded
+                # TC: the answer RRset did not fit, so every rotation is the same reply.
+                rotations = 1 if reply[2] & 0x02 else _rotations(decision, query.qtype)
+                fast.insert(snap, data, tcp, reply, qtype=query.qtype, in_zone=in_zone,
+                            rotations=rotations, index=rotation % rotations)
         return reply
 
     def _refuse(self, query: wire.Query) -> Decision | None:
@@ -129,6 +174,13 @@ class Handler:
             return Decision(Outcome.NOTIMP, ede=(
                 EDE.NOT_SUPPORTED, "meta query types are not supported"))
         return None
+
+
+def _rotations(decision: Decision, qtype: int) -> int:
+    """How many rotations of its answer ``resolve`` can give (1: it does not rotate)."""
+    if decision.outcome is not Outcome.SUCCESS or qtype not in resolver.ADDRESS_TYPES:
+        return 1
+    return max(1, sum(1 for r in decision.answer if r.rtype == qtype))
 
 
 def _onward(snap: Snapshot, query: wire.Query,

@@ -10,6 +10,13 @@ server's stats, the forwarder's counters and the app's snapshot, source and late
 figures into metric families on a per-App registry (tests run several apps in one
 process).
 
+Fast-path hits (``clusterdns.fastpath``) never reach ``observe``: each bumps a counter
+cell keyed by (qtype, in zone, rcode, TC, query size, reply size) and transport slot,
+and ``with_hits`` adds those cells in at scrape time, so requests, responses and both
+size histograms count hits exactly. A hit is not timed: it is counted in the first
+duration bucket (0.25 ms; a hit takes a few microseconds) and adds nothing to the
+duration sum.
+
 Verified against CoreDNS sources: plugin/metrics/vars (names, label sets, the 0.25 ms
 x2 time buckets and the size buckets), plugin/cache/metrics.go, plugin/pkg/proxy
 metrics (what ``forward`` exports), plugin/kubernetes/metrics.go (programming latency,
@@ -38,6 +45,7 @@ from clusterdns.forward import ForwardStats
 
 if TYPE_CHECKING:
     from clusterdns.app import App
+    from clusterdns.fastpath import HitCounts
     from clusterdns.forward import Forwarder
 
 TIME_BUCKETS = tuple(0.00025 * 2.0 ** i for i in range(16))  # 0.25 ms .. 8.192 s
@@ -203,6 +211,38 @@ class QueryMetrics:
         rkey = (_RCODES[reply[3] & 0x0F] if n > 3 else "SERVFAIL", plugin)
         self.responses[rkey] = self.responses.get(rkey, 0) + 1
 
+    def with_hits(self, hits: HitCounts | None) -> QueryMetrics:
+        """A copy of these counters with the fast path's hits added (for a scrape)."""
+        out = QueryMetrics(())
+        out.requests = dict(self.requests)
+        out.responses = dict(self.responses)
+        out.dropped = dict(self.dropped)
+        out.duration = {k: _copy_hist(h) for k, h in list(self.duration.items())}
+        out.request_size = (_copy_hist(self.request_size[0]), _copy_hist(self.request_size[1]))
+        out.response_size = (_copy_hist(self.response_size[0]),
+                             _copy_hist(self.response_size[1]))
+        if hits is None:
+            return out
+        for cell, counts in list(hits.cells.items()):
+            total = sum(counts)
+            if not total:
+                continue
+            qtype = _METRIC_TYPE.get(cell.qtype, "other")
+            for slot, count in enumerate(counts):
+                if count:
+                    key = (slot >= 2, slot % 2 == 1, qtype)
+                    out.requests[key] = out.requests.get(key, 0) + count
+            rkey = (_RCODES[cell.rcode], "kubernetes" if cell.in_zone else "")
+            out.responses[rkey] = out.responses.get(rkey, 0) + total
+            out._duration(qtype).counts[0] += total
+            for tcp, count in ((0, counts[0] + counts[1]), (1, counts[2] + counts[3])):
+                if count:
+                    for hist, size in ((out.request_size[tcp], cell.query_size),
+                                       (out.response_size[tcp], cell.reply_size)):
+                        hist.counts[_SIZE_INDEX[size] if size < 65536 else -1] += count
+                        hist.sum += size * count
+        return out
+
     def _classify(self, query: bytes, zero: int) -> tuple[str, str | None, Hist]:
         """(type label, plugin if the name decides it, histogram) for a new question."""
         end = question_end(query)
@@ -226,6 +266,13 @@ class QueryMetrics:
         return hist
 
 
+def _copy_hist(hist: Hist) -> Hist:
+    out = Hist(hist.bounds)
+    out.counts = list(hist.counts)
+    out.sum = hist.sum
+    return out
+
+
 def _label_aligned(query: bytes, offset: int) -> bool:
     """Whether a label starts ``offset`` bytes into the question name."""
     i = 0
@@ -243,7 +290,6 @@ class AppCollector(Collector):
     def __init__(self, app: App, queries: QueryMetrics | None) -> None:
         self.app = app
         self.queries = queries
-        self._records: tuple[int, int] = (-1, 0)  # (serial, record count)
 
     def _server(self) -> str:
         bound = self.app.server.bound
@@ -262,7 +308,9 @@ class AppCollector(Collector):
     # ----------------------------------------------------------------- coredns_dns_*
 
     def _dns(self, server: str) -> Iterator[Metric]:
-        q = self.queries
+        fast = self.app.handler.fast
+        q = self.queries.with_hits(fast.hits if fast is not None else None) \
+            if self.queries is not None else None
         base = [server, ZONE, VIEW]
         requests = CounterMetricFamily(
             "coredns_dns_requests", "Counter of DNS requests made per zone, protocol and "
@@ -356,11 +404,8 @@ class AppCollector(Collector):
         yield GaugeMetricFamily("clusterdns_data_age_seconds", "Seconds since the stalest "
                                 "watch last heard from the API server (NaN: never, or a "
                                 "file source).", value=math.nan if age is None else age)
-        if self._records[0] != snap.serial:
-            count = sum(len(rrs) for node in snap.nodes.values() for rrs in node.values())
-            self._records = (snap.serial, count)
         yield GaugeMetricFamily("clusterdns_records", "Records in the snapshot being served.",
-                                value=self._records[1])
+                                value=snap.record_count)
         restarts = CounterMetricFamily("clusterdns_watch_restarts", "Watch or list restarts "
                                        "per kind and reason.", labels=["kind", "reason"])
         if app.kube is not None:
@@ -379,7 +424,9 @@ class AppCollector(Collector):
         yield sync
         yield CounterMetricFamily("clusterdns_truncated_replies", "UDP replies sent with TC "
                                   "set because they did not fit.",
-                                  value=app.handler.stats.truncated)
+                                  value=app.handler.stats.truncated + (
+                                      app.handler.fast.hits.truncated()
+                                      if app.handler.fast is not None else 0))
         lat = app.latency
         prog = HistogramMetricFamily("clusterdns_programming_latency_seconds", "Seconds from "
                                      "a change reaching clusterdns to its publication.")

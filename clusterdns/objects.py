@@ -8,6 +8,7 @@ their canonical text form (``ipaddress`` normalised), names lower-cased.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 
@@ -54,14 +55,85 @@ class Endpoint:
     pod_name: str = ""  # targetRef.name when the target is a Pod
 
 
-@dataclass(frozen=True, slots=True)
 class EndpointSlice:
+    """An EndpointSlice, stored by column: at 100k endpoints an ``Endpoint`` object per
+    endpoint (plus a tuple for its usually single address) costs ~110 bytes each, the
+    columns ~20. ``endpoints`` makes the ``Endpoint`` values on access. Immutable,
+    compared and hashed by value like the other slim types.
+    """
+
+    __slots__ = ("_addresses", "_hostnames", "_pod_names", "_ready", "address_type",
+                 "name", "namespace", "ports", "service")
+
     namespace: str
     name: str
     service: str  # from the kubernetes.io/service-name label
     address_type: str  # "IPv4", "IPv6" or "FQDN"
-    endpoints: tuple[Endpoint, ...] = ()
-    ports: tuple[Port, ...] = ()
+    ports: tuple[Port, ...]
+    _addresses: tuple[str | tuple[str, ...], ...]  # one address as itself, else a tuple
+    _ready: int  # bit i set: endpoint i is ready
+    _hostnames: tuple[str, ...]  # () when no endpoint has one
+    _pod_names: tuple[str, ...]  # () when no endpoint has one
+
+    def __init__(self, namespace: str, name: str, service: str, address_type: str,
+                 endpoints: Iterable[Endpoint] = (), ports: tuple[Port, ...] = ()) -> None:
+        eps = tuple(endpoints)
+        hostnames = tuple(ep.hostname for ep in eps)
+        pod_names = tuple(ep.pod_name for ep in eps)
+        fields = {
+            "namespace": namespace, "name": name, "service": service,
+            "address_type": address_type, "ports": ports,
+            "_addresses": tuple(a[0] if len(a) == 1 else a
+                                for a in (ep.addresses for ep in eps)),
+            "_ready": sum(1 << i for i, ep in enumerate(eps) if ep.ready),
+            "_hostnames": hostnames if any(hostnames) else (),
+            "_pod_names": pod_names if any(pod_names) else (),
+        }
+        for key, value in fields.items():
+            object.__setattr__(self, key, value)
+
+    @property
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        ready, hostnames, pod_names = self._ready, self._hostnames, self._pod_names
+        return tuple(
+            Endpoint(a if isinstance(a, tuple) else (a,), bool(ready >> i & 1),
+                     hostnames[i] if hostnames else "", pod_names[i] if pod_names else "")
+            for i, a in enumerate(self._addresses))
+
+    @property
+    def endpoint_count(self) -> int:
+        return len(self._addresses)
+
+    def ready_items(self) -> Iterator[tuple[tuple[str, ...], str, str]]:
+        """(addresses, hostname, pod name) of each ready endpoint, in order, without
+        making ``Endpoint`` objects (the snapshot builder's loop over 100k endpoints)."""
+        ready, hostnames, pod_names = self._ready, self._hostnames, self._pod_names
+        for i, a in enumerate(self._addresses):
+            if ready >> i & 1:
+                yield ((a if isinstance(a, tuple) else (a,)),
+                       hostnames[i] if hostnames else "", pod_names[i] if pod_names else "")
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.namespace, self.name, self.service, self.address_type, self.ports,
+                self._addresses, self._ready, self._hostnames, self._pod_names)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, EndpointSlice):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (f"EndpointSlice({self.namespace!r}, {self.name!r}, {self.service!r}, "
+                f"{self.address_type!r}, {self.endpoints!r}, {self.ports!r})")
+
+    def __setattr__(self, key: str, value: object) -> None:
+        raise AttributeError(f"EndpointSlice is immutable: cannot set {key!r}")
+
+    def __delattr__(self, key: str) -> None:
+        raise AttributeError(f"EndpointSlice is immutable: cannot delete {key!r}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -162,11 +162,9 @@ def ready_endpoints(slices: Iterable[EndpointSlice], use_pod_name: bool) -> list
     for sl in slices:
         if sl.address_type not in ("IPv4", "IPv6"):
             continue
-        for ep in sl.endpoints:
-            if not ep.ready or not ep.addresses:
-                continue
-            for ip in ep.addresses:
-                label = endpoint_label(ep.hostname, ep.pod_name, ip, use_pod_name)
+        for addresses, hostname, pod_name in sl.ready_items():
+            for ip in addresses:
+                label = endpoint_label(hostname, pod_name, ip, use_pod_name)
                 merged.setdefault(label, {})[ip] = None
     return [ReadyEndpoint(label, tuple(ips)) for label, ips in merged.items()]
 

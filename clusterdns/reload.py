@@ -17,8 +17,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from clusterdns.config import Config, ConfigError
+from clusterdns.source import KubeSourceError
 from clusterdns.source.file import SourceError
-from clusterdns.source.kube import KubeSourceError
 
 log = logging.getLogger(__name__)
 

@@ -1,26 +1,285 @@
 """The immutable snapshot every query is answered from, and the one reference to it.
 
-``build`` turns one consistent ``Cluster`` plus the config into a read-only index of
-owner name -> record type -> RRset, including every empty non-terminal, so "does this
-name exist" is a set lookup. ``SnapshotRef.publish`` swaps the single shared reference;
-readers take it once per query and never lock, so each reply sees one generation. The
-SOA serial is the generation number.
+Why this module exists: queries need one consistent, read-only view of every name the
+cluster implies (owner name -> record type -> RRset, including every empty non-terminal,
+so "does this name exist" is a lookup), and the writer needs to produce the next such
+view cheaply when one object changes. ``SnapshotRef.publish*`` swaps the single shared
+reference; readers take it once per query and never lock, so each reply sees one
+generation. The SOA serial is the generation number.
+
+How a change stays cheap (issue 5 item 4): a ``Builder`` keeps, per Service, the names
+its *contribution* claims (its records, its PTRs, and the empty non-terminals above
+them). A change to a Service, its EndpointSlices, a Namespace or a Pod withdraws exactly
+the affected contributions and adds their new versions. Names claimed by several
+contributions (``<ns>.svc.<zone>``, reverse-zone non-terminals, a PTR name two services
+share) keep a claim count and the record-carrying claims, merged in owner order. The name
+index is a ``NameIndex`` of copy-on-write shards: a publish copies only the shards the
+change touched, so a published snapshot's dicts are never mutated. ``build`` is the
+from-scratch path and uses the same claims, so both paths produce the same snapshot.
+
+How it stays small (item 5): a node stores its owner name, TTL and raw record values
+(address text, target names, SRV tuples) and makes ``Record`` objects on lookup;
+strings are shared with the objects they came from.
 """
 
 from __future__ import annotations
 
+import gc
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any, TypeVar
 
 from clusterdns import names, records
 from clusterdns.config import Config, PodsMode
-from clusterdns.objects import Cluster, EndpointSlice, Service, ServiceKind
+from clusterdns.objects import (
+    Cluster,
+    EndpointSlice,
+    KubeObject,
+    Namespace,
+    Pod,
+    Service,
+    ServiceKind,
+)
 from clusterdns.records import Record, RRType
 
 Node = Mapping[RRType, tuple[Record, ...]]
 EMPTY_NODE: Node = MappingProxyType({})
+
+Key = tuple[str, str]  # (namespace, name); namespaces use ("", name)
+Owner = tuple[str, str, str]  # who claims a name: ("svc", ns, name), ("ns", ns, ""), ...
+_ZONE_OWNER: Owner = ("", "", "")  # sorts first: apex records lead merged RRsets
+
+# Record types whose raw value is a string wrapped on lookup; the rest store RData.
+_WRAP: dict[int, Any] = {RRType.A: records.A, RRType.AAAA: records.AAAA,
+                         RRType.PTR: records.PTR, RRType.CNAME: records.CNAME,
+                         RRType.NS: records.NS}
+_RDATA_WRAP: dict[type, RRType] = {records.A: RRType.A, records.AAAA: RRType.AAAA,
+                                   records.PTR: RRType.PTR, records.CNAME: RRType.CNAME,
+                                   records.NS: RRType.NS}
+_TYPES: dict[tuple[RRType, ...], tuple[RRType, ...]] = {}  # one shared tuple per combination
+
+
+def _types(key: tuple[RRType, ...]) -> tuple[RRType, ...]:
+    return _TYPES.setdefault(key, key)
+
+
+class LazyNode(Mapping[RRType, tuple[Record, ...]]):
+    """One owner name's RRsets, stored as raw values and made into ``Record``s on lookup.
+
+    ``data`` holds, per type in ``types``, one raw value or a tuple of them (when
+    ``types`` has one entry, ``data`` is that entry itself). A node with no types is an
+    empty non-terminal. ``owner`` is the contribution that made it (see ``Builder``).
+    Immutable by convention: nothing writes to its slots after construction.
+    """
+
+    __slots__ = ("data", "name", "owner", "ttl", "types")
+
+    def __init__(self, name: str, ttl: int, owner: Owner,
+                 types: tuple[RRType, ...], values: Any) -> None:
+        self.name = name
+        self.ttl = ttl
+        self.owner = owner
+        self.types = types
+        self.data = values
+
+    def _raw(self, rtype: int) -> Any:
+        types = self.types
+        if len(types) == 1:
+            return self.data if types[0] == rtype else None
+        for i, t in enumerate(types):
+            if t == rtype:
+                return self.data[i]
+        return None
+
+    def _rrset(self, rtype: int, raw: Any) -> tuple[Record, ...]:
+        name, ttl, wrap = self.name, self.ttl, _WRAP.get(rtype)
+        items = raw if type(raw) is tuple else (raw,)
+        if wrap is None:
+            return tuple(Record(name, ttl, v) for v in items)
+        return tuple(Record(name, ttl, wrap(v)) for v in items)
+
+    def raw_items(self) -> Iterator[tuple[RRType, tuple[Any, ...]]]:
+        """(type, raw values) pairs, without making records."""
+        types = self.types
+        if len(types) == 1:
+            raw = self.data
+            yield types[0], raw if type(raw) is tuple else (raw,)
+            return
+        for t, raw in zip(types, self.data, strict=True):
+            yield t, raw if type(raw) is tuple else (raw,)
+
+    def __getitem__(self, rtype: RRType) -> tuple[Record, ...]:
+        raw = self._raw(rtype)
+        if raw is None:
+            raise KeyError(rtype)
+        return self._rrset(rtype, raw)
+
+    def get(self, rtype: RRType, default: Any = None) -> Any:
+        raw = self._raw(rtype)
+        return default if raw is None else self._rrset(rtype, raw)
+
+    def __contains__(self, rtype: object) -> bool:
+        return rtype in self.types
+
+    def __iter__(self) -> Iterator[RRType]:
+        return iter(self.types)
+
+    def __len__(self) -> int:
+        return len(self.types)
+
+    def record_count(self) -> int:
+        types, data = self.types, self.data
+        if len(types) == 1:
+            return len(data) if type(data) is tuple else 1
+        return sum(len(v) if type(v) is tuple else 1 for v in data)
+
+    def __repr__(self) -> str:
+        return f"LazyNode({self.name!r}, {dict(self)!r})"
+
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+_ONE_TYPE = {t: _types((t,)) for t in RRType}
+
+
+def _node(name: str, ttl: int, owner: Owner, sets: Mapping[RRType, Iterable[Any]]) -> LazyNode:
+    """A node from raw values per type (already de-duplicated and in order)."""
+    if len(sets) == 1:  # the common case: one RRset, often of one record
+        for rtype, values in sets.items():
+            items = tuple(values)
+            return LazyNode(name, ttl, owner, _ONE_TYPE[rtype],
+                            items[0] if len(items) == 1 else items)
+    if not sets:
+        return LazyNode(name, ttl, owner, (), ())
+    types = _types(tuple(sets))
+    packed = [_pack(tuple(v)) for v in sets.values()]
+    return LazyNode(name, ttl, owner, types, tuple(packed))
+
+
+def _pack(values: tuple[Any, ...]) -> Any:
+    return values[0] if len(values) == 1 else values
+
+
+def _record_values(recs: Iterable[Record]) -> dict[RRType, dict[Any, None]]:
+    """Raw values per type from ``Record``s (apex records), de-duplicated in order."""
+    sets: dict[RRType, dict[Any, None]] = {}
+    for rec in recs:
+        data = rec.data
+        rtype = _RDATA_WRAP.get(type(data))
+        raw: Any = data
+        if rtype is not None:
+            raw = getattr(data, "address", None) or getattr(data, "target", "")
+        else:
+            rtype = rec.rtype
+        sets.setdefault(rtype, {})[raw] = None
+    return sets
+
+
+# ------------------------------------------------------------------------ name index
+
+
+class NameIndex(Mapping[_K, _V]):
+    """A read-only mapping split into shards by hash, so a writer can copy only a few.
+
+    ``Builder`` owns the only mutable version; it hands out ``NameIndex`` objects whose
+    shard dicts it never touches again.
+    """
+
+    __slots__ = ("_len", "_mask", "_shards")
+
+    def __init__(self, shards: tuple[dict[_K, _V], ...], length: int) -> None:
+        self._shards = shards
+        self._mask = len(shards) - 1
+        self._len = length
+
+    def __getitem__(self, key: _K) -> _V:
+        return self._shards[hash(key) & self._mask][key]
+
+    def get(self, key: _K, default: Any = None) -> Any:
+        return self._shards[hash(key) & self._mask].get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._shards[hash(key) & self._mask]
+
+    def __iter__(self) -> Iterator[_K]:
+        for shard in self._shards:
+            yield from shard
+
+    def __len__(self) -> int:
+        return self._len
+
+
+class _CowIndex:
+    """The writer's side of a ``NameIndex``: shards are copied on first write per publish."""
+
+    def __init__(self, shard_count: int, weigh: Callable[[Any], int] | None = None) -> None:
+        self.shards: list[dict[Any, Any]] = [{} for _ in range(shard_count)]
+        self.mask = shard_count - 1
+        self.length = 0
+        self.writes = 0  # names set or deleted, ever
+        self.weigh = weigh
+        self.weight = 0  # sum of weigh(value), when weigh is given
+        self._owned: set[int] = set(range(shard_count))  # shards no snapshot can see
+
+    def _writable(self, key: Any) -> dict[Any, Any]:
+        i = hash(key) & self.mask
+        shard = self.shards[i]
+        if i not in self._owned:
+            shard = self.shards[i] = shard.copy()
+            self._owned.add(i)
+        return shard
+
+    def get(self, key: Any) -> Any:
+        return self.shards[hash(key) & self.mask].get(key)
+
+    def set(self, key: Any, value: Any) -> None:
+        self.writes += 1
+        shard = self._writable(key)
+        before = shard.get(key)
+        if before is None:
+            self.length += 1
+        shard[key] = value
+        if self.weigh is not None:
+            self.weight += self.weigh(value) - (0 if before is None else self.weigh(before))
+
+    def set_new(self, key: Any, value: Any) -> None:
+        """``set`` for a key known to be absent."""
+        self.writes += 1
+        self.length += 1
+        if self.weigh is not None:
+            self.weight += self.weigh(value)
+        i = hash(key) & self.mask
+        if i in self._owned:
+            self.shards[i][key] = value
+        else:
+            self._writable(key)[key] = value
+
+    def delete(self, key: Any) -> None:
+        self.writes += 1
+        shard = self._writable(key)
+        before = shard.pop(key, None)
+        if before is not None:
+            self.length -= 1
+            if self.weigh is not None:
+                self.weight -= self.weigh(before)
+
+    def freeze(self) -> NameIndex[Any, Any]:
+        self._owned.clear()
+        return NameIndex(tuple(self.shards), self.length)
+
+
+def _shard_count(estimate: int) -> int:
+    count = 16
+    while count < 65536 and count * 128 < estimate:
+        count *= 2
+    return count
+
+
+# -------------------------------------------------------------------------- snapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +288,16 @@ class ServiceInfo:
 
     kind: ServiceKind
     ready_endpoints: int
+
+
+_INFOS: dict[tuple[ServiceKind, int], ServiceInfo] = {}
+
+
+def _info(kind: ServiceKind, ready: int) -> ServiceInfo:
+    info = _INFOS.get((kind, ready))
+    if info is None:
+        info = _INFOS[(kind, ready)] = ServiceInfo(kind, ready)
+    return info
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +312,7 @@ class Snapshot:
     pod_ips: frozenset[tuple[str, str]]  # (namespace, ip) of every pod, for pods verified
     services: Mapping[tuple[str, str], ServiceInfo] = field(
         default_factory=lambda: MappingProxyType({}))
+    record_count: int = 0  # records in ``nodes``, kept as names change (for metrics)
 
     def zone_for(self, name: str) -> str | None:
         for zone in self.zones:
@@ -76,110 +346,517 @@ def unsynced(config: Config) -> Snapshot:
 
 
 def build(cluster: Cluster, config: Config, serial: int) -> Snapshot:
-    """Every record the cluster implies under the configured zones."""
-    ttl = config.ttl
-    allowed = config.namespaces
-    forward = tuple(z for z in config.zones if not names.is_reverse_zone(z))
-    reverse = tuple(z for z in config.zones if names.is_reverse_zone(z))
-    domain = config.cluster_domain
+    """Every record the cluster implies under the configured zones (from scratch)."""
+    return Builder(config, cluster).publish(serial)
 
-    def exposed(ns: str) -> bool:
-        return not allowed or ns in allowed
 
-    namespaces = {ns.name for ns in cluster.namespaces}
-    namespaces.update(s.namespace for s in cluster.services)
-    namespaces.update(s.namespace for s in cluster.endpoint_slices)
-    namespaces.update(p.namespace for p in cluster.pods)
-    namespaces = {ns for ns in namespaces if exposed(ns)}
+# --------------------------------------------------------------------------- builder
 
-    slices_by_svc: dict[tuple[str, str], list[EndpointSlice]] = {}
-    for sl in cluster.endpoint_slices:
-        slices_by_svc.setdefault((sl.namespace, sl.service), []).append(sl)
 
-    collected: list[Record] = []
-    infos: dict[tuple[str, str], ServiceInfo] = {}
-    services: list[tuple[Service, list[EndpointSlice]]] = []
-    for svc in cluster.services:
-        if not exposed(svc.namespace):
-            continue
-        slices = slices_by_svc.get((svc.namespace, svc.name), [])
-        ready = len(records.ready_endpoints(slices, config.endpoint_pod_names))
-        infos[(svc.namespace, svc.name)] = ServiceInfo(svc.kind, ready)
-        if ready == 0 and (svc.kind is ServiceKind.HEADLESS or (
-                svc.kind is ServiceKind.CLUSTER_IP and config.ignore_empty_service)):
-            continue
-        services.append((svc, slices))
+def _reverse_name(ip: str) -> str:
+    if ":" in ip:
+        return names.reverse_name(ip)
+    a, b, c, d = ip.split(".")
+    return f"{d}.{c}.{b}.{a}.in-addr.arpa"
 
-    for zone in forward:
-        for svc, slices in services:
-            collected.extend(records.service_records(
-                svc, slices, zone, ttl, config.endpoint_pod_names))
-    if reverse:
-        for svc, slices in services:
-            for rec in records.ptr_records(svc, slices, domain, ttl, config.endpoint_pod_names):
-                if any(names.is_subdomain(rec.name, z) for z in reverse):
-                    collected.append(rec)
 
-    kube_dns = next((s for s in cluster.services
-                     if (s.namespace, s.name) == ("kube-system", "kube-dns")), None)
-    for zone in config.zones:
-        collected.extend(records.apex_records(zone, domain, serial, ttl))
-        if kube_dns is not None and zone in forward:
-            ns_name = names.join("ns.dns", zone)
-            collected.extend(records.address_record(ns_name, ttl, ip)
-                             for ip in kube_dns.cluster_ips)
+class _Shared:
+    """A name claimed by more than one contribution: empty claims counted, others kept."""
 
-    grouped: dict[str, dict[RRType, dict[Record, None]]] = {}
-    for rec in collected:
-        grouped.setdefault(rec.name, {}).setdefault(rec.rtype, {})[rec] = None
+    __slots__ = ("claims", "empty")
 
-    # Names that exist without records (SPEC §S3): svc/pod below each forward zone,
-    # each exposed namespace, and every name between an owner and its zone apex.
-    present: set[str] = set(grouped)
-    for zone in forward:
-        present.update((names.join("svc", zone), names.join("pod", zone)))
-        present.update(names.join(ns, "svc", zone) for ns in namespaces)
-        if config.pods is not PodsMode.DISABLED:
-            present.update(names.join(ns, "pod", zone) for ns in namespaces)
-    zones_long_first = tuple(sorted(config.zones, key=len, reverse=True))
-    for name in list(present):
-        zone = next(z for z in zones_long_first if names.is_subdomain(name, z))
-        present.update(names.ancestors(name, zone))
+    def __init__(self) -> None:
+        self.empty = 0
+        self.claims: dict[Owner, LazyNode] = {}
 
-    nodes: dict[str, Node] = {}
-    for name in present:
-        sets = grouped.get(name)
-        nodes[name] = (MappingProxyType({t: tuple(rs) for t, rs in sets.items()})
-                       if sets else EMPTY_NODE)
 
-    pod_ips = frozenset((p.namespace, ip) for p in cluster.pods
-                        if p.namespace in namespaces for ip in p.ips)
-    return Snapshot(serial=serial, synced=True, config=config, zones=zones_long_first,
-                    forward_zones=forward, nodes=MappingProxyType(nodes),
-                    namespaces=frozenset(namespaces), pod_ips=pod_ips,
-                    services=MappingProxyType(infos))
+class Builder:
+    """The writer's state: current objects, per-owner contributions, the name index.
+
+    ``Builder(config, cluster)`` takes in a whole cluster; ``apply`` takes one changed
+    object (or a deletion) at a time; ``publish(serial)`` settles what changed and
+    returns an immutable ``Snapshot``. Not thread-safe: one writer at a time.
+    """
+
+    def __init__(self, config: Config, cluster: Cluster | None = None) -> None:
+        cluster = cluster or Cluster()
+        self.config = config
+        self.ttl = config.ttl
+        self.forward = tuple(z for z in config.zones if not names.is_reverse_zone(z))
+        self.reverse = tuple(z for z in config.zones if names.is_reverse_zone(z))
+        self.zones_long_first = tuple(sorted(config.zones, key=len, reverse=True))
+        self.zone_set = frozenset(config.zones)
+        self.domain = config.cluster_domain
+        self.use_pod_names = config.endpoint_pod_names
+        self.allowed = config.namespaces
+        self.services: dict[Key, Service] = {}
+        self.slices: dict[Key, EndpointSlice] = {}
+        self.slices_by_svc: dict[Key, dict[str, EndpointSlice]] = {}
+        self.pods: dict[Key, Pod] = {}
+        self.namespace_objects: set[str] = set()
+        self.ns_refs: dict[str, int] = {}  # namespace -> objects that make it exist
+        self.pod_ip_refs: dict[tuple[str, str], int] = {}
+        self.claimed: dict[Owner, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        self.shared: dict[str, _Shared] = {}
+        size = len(cluster.services) * 4 + sum(s.endpoint_count for s in cluster.endpoint_slices)
+        self.index = _CowIndex(_shard_count(2 * size), LazyNode.record_count)
+        self.infos = _CowIndex(_shard_count(len(cluster.services)))
+        self._dirty_services: set[Key] = set()
+        self._dirty_namespaces: set[str] = set()
+        self._pods_changed = True
+        self._namespaces: frozenset[str] = frozenset()
+        self._pod_ips: frozenset[tuple[str, str]] = frozenset()
+        self.replaced = 0  # names the last publish wrote or removed (tests and benches)
+        for ns in cluster.namespaces:
+            self.apply(ns)
+        for svc in cluster.services:
+            self.apply(svc)
+        for sl in cluster.endpoint_slices:
+            self.apply(sl)
+        for pod in cluster.pods:
+            self.apply(pod)
+
+    # ----------------------------------------------------------------- object deltas
+
+    def _exposed(self, ns: str) -> bool:
+        return not self.allowed or ns in self.allowed
+
+    def _ns_ref(self, ns: str, delta: int) -> None:
+        before = self.ns_refs.get(ns, 0)
+        after = before + delta
+        if after:
+            self.ns_refs[ns] = after
+        else:
+            del self.ns_refs[ns]
+        if (before == 0) != (after == 0):
+            self._dirty_namespaces.add(ns)
+
+    def apply(self, obj: KubeObject) -> None:
+        """ADDED or MODIFIED: ``obj`` replaces the object with its key."""
+        if isinstance(obj, Service):
+            key = (obj.namespace, obj.name)
+            if key not in self.services:
+                self._ns_ref(obj.namespace, 1)
+            self.services[key] = obj
+            self._dirty_services.add(key)
+        elif isinstance(obj, EndpointSlice):
+            key = (obj.namespace, obj.name)
+            if key in self.slices:
+                self._unlink_slice(self.slices[key])
+            else:
+                self._ns_ref(obj.namespace, 1)
+            self.slices[key] = obj
+            self.slices_by_svc.setdefault((obj.namespace, obj.service), {})[obj.name] = obj
+            self._dirty_services.add((obj.namespace, obj.service))
+        elif isinstance(obj, Namespace):
+            if obj.name not in self.namespace_objects:
+                self.namespace_objects.add(obj.name)
+                self._ns_ref(obj.name, 1)
+        else:
+            key = (obj.namespace, obj.name)
+            if key in self.pods:
+                self._unlink_pod(self.pods[key])
+            else:
+                self._ns_ref(obj.namespace, 1)
+            self.pods[key] = obj
+            for ip in obj.ips:
+                self.pod_ip_refs[(obj.namespace, ip)] = self.pod_ip_refs.get(
+                    (obj.namespace, ip), 0) + 1
+            self._pods_changed = True
+
+    def delete(self, kind: type[KubeObject], key: Key) -> None:
+        """DELETED: the object of ``kind`` with ``key`` is gone (no-op if unknown)."""
+        if kind is Service:
+            if self.services.pop(key, None) is not None:
+                self._ns_ref(key[0], -1)
+                self._dirty_services.add(key)
+        elif kind is EndpointSlice:
+            old = self.slices.pop(key, None)
+            if old is not None:
+                self._unlink_slice(old)
+                self._ns_ref(old.namespace, -1)
+        elif kind is Namespace:
+            if key[1] in self.namespace_objects:
+                self.namespace_objects.discard(key[1])
+                self._ns_ref(key[1], -1)
+        else:
+            pod = self.pods.pop(key, None)
+            if pod is not None:
+                self._unlink_pod(pod)
+                self._ns_ref(pod.namespace, -1)
+
+    def _unlink_slice(self, old: EndpointSlice) -> None:
+        owner = (old.namespace, old.service)
+        group = self.slices_by_svc[owner]
+        del group[old.name]
+        if not group:
+            del self.slices_by_svc[owner]
+        self._dirty_services.add(owner)
+
+    def _unlink_pod(self, pod: Pod) -> None:
+        for ip in pod.ips:
+            k = (pod.namespace, ip)
+            left = self.pod_ip_refs[k] - 1
+            if left:
+                self.pod_ip_refs[k] = left
+            else:
+                del self.pod_ip_refs[k]
+        self._pods_changed = True
+
+    # ------------------------------------------------------------------ publication
+
+    def publish(self, serial: int) -> Snapshot:
+        """Settle every change since the last publish and freeze a snapshot."""
+        writes = self.index.writes
+        for ns in self._dirty_namespaces:
+            owner: Owner = ("ns", ns, "")
+            exists = ns in self.ns_refs and self._exposed(ns)
+            self._claim(owner, self._namespace_claims(ns) if exists else {})
+        if self._dirty_namespaces:
+            self._namespaces = frozenset(ns for ns in self.ns_refs if self._exposed(ns))
+            self._dirty_namespaces.clear()
+            self._pods_changed = True  # pod_ips only holds exposed namespaces
+        for key in self._dirty_services:
+            owner = ("svc", key[0], key[1])
+            svc = self.services.get(key)
+            if svc is None or not self._exposed(key[0]):
+                self._withdraw(owner)
+                self.infos.delete(key)
+                continue
+            slices = self.slices_by_svc.get(key)
+            ordered = [slices[n] for n in sorted(slices)] if slices else []
+            info, claims = self._service_claims(svc, ordered)
+            if self.infos.get(key) is not info:
+                self.infos.set(key, info)
+            self._claim(owner, claims)
+        self._dirty_services.clear()
+        self._claim(_ZONE_OWNER, self._zone_claims(serial))  # the SOA serial, kube-dns
+        if self._pods_changed:
+            self._pod_ips = frozenset(k for k in self.pod_ip_refs if k[0] in self._namespaces)
+            self._pods_changed = False
+        self.replaced = self.index.writes - writes
+        return Snapshot(serial=serial, synced=True, config=self.config,
+                        zones=self.zones_long_first, forward_zones=self.forward,
+                        nodes=self.index.freeze(), namespaces=self._namespaces,
+                        pod_ips=self._pod_ips, services=self.infos.freeze(),
+                        record_count=self.index.weight)
+
+    # ----------------------------------------------------------------------- claims
+
+    def _claim(self, owner: Owner, claims: dict[str, dict[RRType, dict[Any, None]]]) -> None:
+        """Make ``owner``'s claims exactly ``claims`` (names with records or empty ones)
+        plus the non-terminals between those names and their zones.
+
+        Only names whose content changed are written: an unchanged node keeps its object.
+        """
+        ttl, zones = self.ttl, self.zone_set
+        full: list[str] = []
+        empty: list[str] = []
+        for name, sets in claims.items():
+            (full if sets else empty).append(name)
+        for name in list(claims):
+            while name not in zones and "." in name:
+                name = name.partition(".")[2]
+                if name in claims:
+                    break
+                claims[name] = {}
+                empty.append(name)
+        old = self.claimed.pop(owner, None)
+        old_full: set[str] | tuple[()] = ()
+        old_empty: set[str] | tuple[()] = ()
+        if old is not None:
+            old_full, old_empty = set(old[0]), set(old[1])
+            for name in old[0]:
+                if not claims.get(name):
+                    self._drop(owner, name, True)
+            for name in old[1]:
+                if claims.get(name, True):
+                    self._drop(owner, name, False)
+        put, node, index, shared = self._put, _node, self.index, self.shared
+        shards, mask = index.shards, index.mask
+        for name in full:
+            if name in old_full:
+                self._swap(owner, node(name, ttl, owner, claims[name]))
+            elif name in shared or name in shards[hash(name) & mask]:
+                put(node(name, ttl, owner, claims[name]))
+            else:  # a name nobody else holds: the common case, written directly
+                index.set_new(name, node(name, ttl, owner, claims[name]))
+        for name in empty:
+            if name not in old_empty:
+                put(LazyNode(name, ttl, owner, (), ()))
+        if full or empty:
+            self.claimed[owner] = (tuple(full), tuple(empty))
+
+    def _withdraw(self, owner: Owner) -> None:
+        """Remove every name ``owner`` claimed (no-op if it claimed none)."""
+        self._claim(owner, {})
+
+    def _swap(self, owner: Owner, node: LazyNode) -> None:
+        """``owner`` claims ``node.name`` with records again: write it if they changed."""
+        name = node.name
+        shared = self.shared.get(name)
+        before = shared.claims[owner] if shared is not None else self.index.get(name)
+        if before.types == node.types and before.data == node.data:
+            return
+        if shared is None:
+            self.index.set(name, node)
+        else:
+            shared.claims[owner] = node
+            self._settle(name, shared)
+
+    def _put(self, node: LazyNode) -> None:
+        name, index = node.name, self.index
+        shared = self.shared.get(name)
+        if shared is None:
+            present = index.get(name)
+            if present is None:
+                index.set_new(name, node)
+                return
+            shared = self.shared[name] = _Shared()
+            self._add_shared(shared, present)
+        self._add_shared(shared, node)
+        self._settle(name, shared)
+
+    @staticmethod
+    def _add_shared(shared: _Shared, node: LazyNode) -> None:
+        if node.types:
+            shared.claims[node.owner] = node
+        else:
+            shared.empty += 1
+
+    def _settle(self, name: str, shared: _Shared) -> None:
+        """Index the merge of a shared name's claims (an empty node stays as it was)."""
+        if not shared.claims:
+            present = self.index.get(name)
+            if present is not None and not present.types:
+                return
+        self.index.set(name, self._merged(name, shared))
+
+    def _drop(self, owner: Owner, name: str, has_records: bool) -> None:
+        """Remove ``owner``'s claim on ``name``. A name once shared stays in
+        ``self.shared`` until no claim is left, so a count going 2 -> 1 -> 2 does not
+        rewrite it each time."""
+        shared = self.shared.get(name)
+        if shared is None:
+            self.index.delete(name)
+            return
+        if has_records:
+            del shared.claims[owner]
+        else:
+            shared.empty -= 1
+        if shared.empty or shared.claims:
+            self._settle(name, shared)
+        else:
+            del self.shared[name]
+            self.index.delete(name)
+
+    def _merged(self, name: str, shared: _Shared) -> LazyNode:
+        if not shared.claims:
+            return LazyNode(name, self.ttl, _ZONE_OWNER, (), ())
+        if len(shared.claims) == 1:
+            return next(iter(shared.claims.values()))
+        sets: dict[RRType, dict[Any, None]] = {}
+        for owner in sorted(shared.claims):
+            for rtype, raw in shared.claims[owner].raw_items():
+                sets.setdefault(rtype, {}).update(dict.fromkeys(raw))
+        return _node(name, self.ttl, _ZONE_OWNER, sets)
+
+    # ------------------------------------------------------------- what owners claim
+
+    def _zone_claims(self, serial: int) -> dict[str, dict[RRType, dict[Any, None]]]:
+        ttl, domain = self.ttl, self.domain
+        recs: list[Record] = []
+        kube_dns = self.services.get(("kube-system", "kube-dns"))
+        for zone in self.config.zones:
+            recs.extend(records.apex_records(zone, domain, serial, ttl))
+            if kube_dns is not None and zone in self.forward:
+                ns_name = names.join("ns.dns", zone)
+                recs.extend(records.address_record(ns_name, ttl, ip)
+                            for ip in kube_dns.cluster_ips)
+        by_name: dict[str, list[Record]] = {}
+        for rec in recs:
+            by_name.setdefault(rec.name, []).append(rec)
+        claims = {name: _record_values(rs) for name, rs in by_name.items()}
+        for zone in self.forward:
+            for label in ("svc", "pod"):
+                claims.setdefault(names.join(label, zone), {})
+        return claims
+
+    def _namespace_claims(self, ns: str) -> dict[str, dict[RRType, dict[Any, None]]]:
+        claims: dict[str, dict[RRType, dict[Any, None]]] = {}
+        pods = self.config.pods is not PodsMode.DISABLED
+        for zone in self.forward:
+            claims[names.join(ns, "svc", zone)] = {}
+            if pods:
+                claims[names.join(ns, "pod", zone)] = {}
+        return claims
+
+    def _service_claims(
+        self, svc: Service, slices: list[EndpointSlice],
+    ) -> tuple[ServiceInfo, dict[str, dict[RRType, dict[Any, None]]]]:
+        """SPEC §S2.2-S2.7 for one service; the same rules as ``records.service_records``
+        and ``records.ptr_records``, written for speed: raw values, no ``Record``s."""
+        use_pod = self.use_pod_names
+        ready = records.ready_endpoints(slices, use_pod)
+        info = _info(svc.kind, len(ready))
+        kind = svc.kind
+        claims: dict[str, dict[RRType, dict[Any, None]]] = {}
+        if not ready and (kind is ServiceKind.HEADLESS or (
+                kind is ServiceKind.CLUSTER_IP and self.config.ignore_empty_service)):
+            return info, claims
+        A, AAAA, SRV = RRType.A, RRType.AAAA, RRType.SRV
+
+        def add(name: str, rtype: RRType, value: Any) -> None:
+            sets = claims.get(name)
+            if sets is None:
+                claims[name] = {rtype: {value: None}}
+            else:
+                sets.setdefault(rtype, {})[value] = None
+
+        if kind is ServiceKind.EXTERNAL_NAME:
+            for zone in self.forward:
+                add(names.join(svc.name, svc.namespace, "svc", zone), RRType.CNAME,
+                    svc.external_name)
+            return info, claims
+
+        # Per slice, the distinct labels of its ready endpoints (SRV targets, headless).
+        slice_labels: list[tuple[EndpointSlice, list[str]]] = []
+        if kind is ServiceKind.HEADLESS:
+            for sl in slices:
+                if any(p.name for p in sl.ports):
+                    by_ip = {ip: records.endpoint_label(ep.hostname, ep.pod_name, ip, use_pod)
+                             for ep in sl.endpoints if ep.ready for ip in ep.addresses}
+                    slice_labels.append((sl, list(dict.fromkeys(by_ip.values()))))
+        # One string object per distinct name: an endpoint's name is its node's key,
+        # its SRV target and its PTR target (the same text, stored once).
+        spelled: dict[str, str] = {}
+        one = spelled.setdefault
+        for zone in self.forward:
+            base = names.join(svc.name, svc.namespace, "svc", zone)
+            base = one(base, base)
+            srv: dict[tuple[str, int, str], None] = {}
+            if kind is ServiceKind.CLUSTER_IP:
+                for ip in svc.cluster_ips:
+                    add(base, AAAA if ":" in ip else A, ip)
+                for port in svc.ports:
+                    if port.name:
+                        srv[(f"_{port.name}._{port.protocol}.{base}", port.port, base)] = None
+            else:
+                for ep in ready:
+                    for ip in ep.addresses:
+                        add(base, AAAA if ":" in ip else A, ip)
+                for sl, labels in slice_labels:
+                    for port in sl.ports:
+                        if port.name:
+                            owner = f"_{port.name}._{port.protocol}.{base}"
+                            for label in labels:
+                                target = f"{label}.{base}"
+                                srv[(owner, port.port, one(target, target))] = None
+            for ep in ready:
+                owner = f"{ep.label}.{base}"
+                owner = one(owner, owner)
+                for ip in ep.addresses:
+                    add(owner, AAAA if ":" in ip else A, ip)
+            per_owner: dict[str, int] = {}
+            for owner, _, _ in srv:
+                per_owner[owner] = per_owner.get(owner, 0) + 1
+            for owner, number, target in srv:
+                add(owner, SRV, records.SRV(0, records.srv_weight(per_owner[owner]),
+                                            number, target))
+            bare = list(dict.fromkeys((number, target) for _, number, target in srv))
+            for number, target in bare:
+                add(base, SRV, records.SRV(0, records.srv_weight(len(bare)), number, target))
+        if self.reverse:
+            base = names.join(svc.name, svc.namespace, "svc", self.domain)
+            base = one(base, base)
+            ptrs: list[tuple[str, str]] = []
+            if kind is ServiceKind.CLUSTER_IP:
+                ptrs.extend((ip, base) for ip in svc.cluster_ips)
+            for ep in ready:
+                target = f"{ep.label}.{base}"
+                target = one(target, target)
+                ptrs.extend((ip, target) for ip in ep.addresses)
+            reverse = self.reverse
+            for ip, target in ptrs:
+                rname = _reverse_name(ip)
+                if any(names.is_subdomain(rname, z) for z in reverse):
+                    add(rname, RRType.PTR, target)
+        return info, claims
+
+
+# ------------------------------------------------------------------------ reference
 
 
 class SnapshotRef:
     """The only shared mutable state: one reference, swapped whole by ``publish``.
 
     Readers call ``get()`` (a plain attribute read) and never lock. Writers are
-    serialised by a lock so generations increase strictly; the serial handed to
-    ``build`` comes from ``next_serial``.
+    serialised by a lock so generations increase strictly (each publish is the previous
+    serial plus one). ``publish_cluster`` builds from scratch (and keeps the builder);
+    ``publish_changes`` applies object deltas to it.
     """
 
     def __init__(self, initial: Snapshot) -> None:
         self.current = initial
         self._serial = initial.serial
         self._write = threading.Lock()
+        self._builder: Builder | None = None
+        self._origin: object = None  # what the last full build's cluster came from
+        self.full_builds = 0  # publishes from scratch
+        self.delta_builds = 0  # publishes from object deltas
+        self.last_replaced = 0  # names the last publish wrote or removed
 
     def get(self) -> Snapshot:
         return self.current
 
-    def publish_cluster(self, cluster: Cluster, config: Config) -> Snapshot:
-        """Build the next generation from ``cluster`` and publish it."""
+    def can_apply(self, config: Config, origin: object) -> bool:
+        """True when deltas from ``origin`` (e.g. a store) can follow the last full
+        build: it was of ``origin``'s objects, under ``config``."""
+        return (self._builder is not None and origin is not None
+                and self._origin is origin and self._builder.config == config)
+
+    def publish_cluster(self, cluster: Cluster, config: Config,
+                        origin: object = None) -> Snapshot:
+        """Build the next generation from ``cluster`` and publish it. ``origin`` names
+        where ``cluster`` came from, for ``can_apply``."""
         with self._write:
-            snap = build(cluster, config, self._serial + 1)
+            self._builder = None  # a failed build leaves no half-applied state behind
+            self._origin = origin
+            # The build allocates a million long-lived, acyclic objects: the cyclic
+            # collector would rescan them over and over (about a fifth of the time).
+            paused = gc.isenabled()
+            gc.disable()
+            try:
+                builder = Builder(config, cluster)
+                snap = builder.publish(self._serial + 1)
+            finally:
+                if paused:
+                    gc.enable()
+            self._builder = builder
+            self.full_builds += 1
+            self.last_replaced = builder.replaced
+            self._serial = snap.serial
+            self.current = snap
+            return snap
+
+    def publish_changes(
+        self, changes: Iterable[tuple[type[KubeObject], Key, KubeObject | None]],
+    ) -> Snapshot:
+        """Apply (kind, key, object or None for deleted) deltas and publish the result."""
+        with self._write:
+            builder = self._builder
+            if builder is None:
+                raise RuntimeError("publish_changes needs a full build first")
+            self._builder = None
+            for kind, key, obj in changes:
+                if obj is None:
+                    builder.delete(kind, key)
+                else:
+                    builder.apply(obj)
+            snap = builder.publish(self._serial + 1)
+            self._builder = builder
+            self.delta_builds += 1
+            self.last_replaced = builder.replaced
             self._serial = snap.serial
             self.current = snap
             return snap

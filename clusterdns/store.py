@@ -4,6 +4,10 @@ Pure and single-writer: the reflectors in ``source/kube.py`` call ``apply`` for 
 events and ``replace`` after a (re)list, which swaps a kind's objects atomically so that
 objects deleted while a watch was down disappear. ``cluster()`` hands the snapshot
 builder one consistent ``Cluster``. Keys are (namespace, name); namespaces use "".
+
+It also remembers which keys changed since the last ``take_changes()``, so the rebuild
+loop can hand the snapshot builder deltas instead of the whole cluster; when too much
+changed (or nothing was taken yet) it says so and the builder starts from scratch.
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ from collections.abc import Iterable
 from enum import Enum
 
 from clusterdns.objects import Cluster, EndpointSlice, KubeObject, Namespace, Pod, Service
+
+# More changed keys than this between two takes: a full build is cheaper than deltas.
+MAX_TRACKED_CHANGES = 20_000
 
 
 class Kind(Enum):
@@ -36,6 +43,28 @@ class Store:
     def __init__(self) -> None:
         self._objects: dict[Kind, dict[Key, KubeObject]] = {kind: {} for kind in Kind}
         self.generation = 0  # bumped on every change, so readers can tell "anything new?"
+        # Keys changed since the last take; None: unknown (never taken, or too many).
+        self._changes: dict[Kind, set[Key]] | None = None
+        self._tracked = 0
+
+    def _changed(self, kind: Kind, key: Key) -> None:
+        changes = self._changes
+        if changes is None:
+            return
+        if self._tracked >= MAX_TRACKED_CHANGES:
+            self._changes = None
+            return
+        changes.setdefault(kind, set()).add(key)
+        self._tracked += 1
+
+    def take_changes(self) -> list[tuple[Kind, Key, KubeObject | None]] | None:
+        """What changed since the last call: (kind, key, current object or None if
+        deleted), or None when a full rebuild is needed (first call, or too many)."""
+        changes, self._changes, self._tracked = self._changes, {}, 0
+        if changes is None:
+            return None
+        return [(kind, key, self._objects[kind].get(key))
+                for kind, keys in changes.items() for key in keys]
 
     def apply(self, kind: Kind, obj: KubeObject) -> bool:
         """ADDED or MODIFIED; True when it changed anything DNS can see."""
@@ -45,12 +74,14 @@ class Store:
             return False
         objects[key] = obj
         self.generation += 1
+        self._changed(kind, key)
         return True
 
     def delete(self, kind: Kind, key: Key) -> bool:
         if self._objects[kind].pop(key, None) is None:
             return False
         self.generation += 1
+        self._changed(kind, key)
         return True
 
     def replace(self, kind: Kind, objs: Iterable[KubeObject], scope: str = "") -> bool:
@@ -62,9 +93,16 @@ class Store:
             return False
         for key in old.keys() - fresh.keys():
             del objects[key]
+            self._changed(kind, key)
+        for key, obj in fresh.items():
+            if old.get(key) != obj:
+                self._changed(kind, key)
         objects.update(fresh)
         self.generation += 1
         return True
+
+    def get(self, kind: Kind, key: Key) -> KubeObject | None:
+        return self._objects[kind].get(key)
 
     def count(self, kind: Kind) -> int:
         return len(self._objects[kind])

@@ -651,7 +651,8 @@ def test_load_yaml_reads_the_demo_cluster_dump_with_fresh_resource_versions() ->
         fake.delete("Service", "default", "missing")
 
 
-def test_bulk_load_of_ten_thousand_services_and_big_slices_is_fast(api: Any) -> None:
+def test_bulk_load_of_ten_thousand_services_and_big_slices_lists_them_all_in_pages(
+        api: Any) -> None:
     fake = FakeKube()
     services = [service(f"svc-{i:05d}", namespace=f"ns-{i % 50}") for i in range(10_000)]
     slices = [{"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
@@ -662,16 +663,13 @@ def test_bulk_load_of_ten_thousand_services_and_big_slices_is_fast(api: Any) -> 
                               "conditions": {"ready": True}} for j in range(100)],
                "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}
               for i in range(1000)]
-    started = time.monotonic()
     assert fake.bulk_load(services + slices) == 11_000
-    load_time = time.monotonic() - started
     with fake:
         cfg = client.Configuration()
         cfg.host = fake.url
         with client.ApiClient(cfg) as api_client:
             core = client.CoreV1Api(api_client)
             discovery = client.DiscoveryV1Api(api_client)
-            started = time.monotonic()
             count, token = 0, None
             while True:
                 resp = core.list_service_for_all_namespaces(limit=1000, _continue=token,
@@ -683,11 +681,9 @@ def test_bulk_load_of_ten_thousand_services_and_big_slices_is_fast(api: Any) -> 
                     break
             slices_body = json.loads(discovery.list_endpoint_slice_for_all_namespaces(
                 limit=500, _preload_content=False).data)
-            list_time = time.monotonic() - started
     assert count == 10_000
     assert len(slices_body["items"]) == 500 and slices_body["metadata"]["remainingItemCount"]
-    assert load_time < 2.0, load_time
-    assert list_time < 3.0, list_time
+    # (How fast this is, is bench/kube_sync.py's business, not a test's.)
 
 
 def test_the_request_log_records_method_path_query_status_and_watch(

@@ -37,6 +37,7 @@ from kubernetes.aio.config.incluster_config import InClusterConfigLoader
 from clusterdns.config import Config, PodsMode
 from clusterdns.convert import ConvertError, convert
 from clusterdns.objects import Cluster, KubeObject, Namespace
+from clusterdns.source import KubeSourceError
 from clusterdns.store import Key, Kind, Store
 
 log = logging.getLogger(__name__)
@@ -44,10 +45,6 @@ log = logging.getLogger(__name__)
 TRIGGER_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
 INCLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 INCLUSTER_CA = Path("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
-
-
-class KubeSourceError(Exception):
-    """The source cannot start (no kubeconfig and not in a cluster, a bad kubeconfig)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +79,9 @@ class Tuning:
     """Timings of the watch loops; tests shrink them."""
 
     page_size: int = 500
+    # EndpointSlices are up to 100 endpoints each: smaller pages keep the raw JSON of one
+    # page (the peak of a relist at 100k endpoints) small.
+    slice_page_size: int = 50
     watch_timeout: float = 300.0  # timeoutSeconds asked of the server, jittered +-20%
     inactivity_timeout: float = 120.0  # nothing at all (not even a bookmark) this long
     request_timeout: float = 30.0  # one list page
@@ -254,9 +254,11 @@ class Reflector:
         t = self.source.tuning
         objs: list[KubeObject] = []
         cont: str | None = None
+        limit = t.page_size
+        if self.resource.kind is Kind.ENDPOINT_SLICE:
+            limit = min(limit, t.slice_page_size)
         while True:
-            params: dict[str, Any] = {"limit": t.page_size,
-                                      "_request_timeout": t.request_timeout}
+            params: dict[str, Any] = {"limit": limit, "_request_timeout": t.request_timeout}
             if cont:
                 params["_continue"] = cont
             try:
