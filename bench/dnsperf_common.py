@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -494,3 +494,19 @@ def warm_up(server: Server, queries: Path, pin: str, seconds: float = 2.0) -> No
     no run pays for a cold start."""
     dnsperf(server.port, queries, seconds, clients=4, outstanding=100, rate=20_000,
             cpus=pin_cpus(pin)[0])
+
+
+def table_for(add_arguments: Callable[[argparse.ArgumentParser], None],
+              measure: Callable[[argparse.Namespace], Table], runs: int) -> Table:
+    """A script's ``main_table`` (for run_all): its defaults with ``runs`` runs."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return measure(parser.parse_args(["--runs", str(runs)]))
+
+
+def run_main(doc: str | None, add_arguments: Callable[[argparse.ArgumentParser], None],
+             measure: Callable[[argparse.Namespace], Table]) -> None:
+    """A script's ``main``: parse the command line, measure, print the Markdown table."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    add_arguments(parser)
+    print(markdown(*measure(parser.parse_args())))

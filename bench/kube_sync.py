@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,16 +29,11 @@ import dns.query
 import dns.rcode
 
 from bench.cluster import namespace_of, objects
+from bench.dnsperf_common import free_port
 
 # The fake API server lives with the tests (as `fakekube`, the name the tests import it by).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fakekube import FakeKube
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def peak_rss_mb(pid: int) -> float:

@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,7 @@ import dns.query
 import dns.rcode
 
 from bench.cluster import namespace_of, objects
+from bench.dnsperf_common import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_TARGET_S = 2.0
@@ -55,20 +55,6 @@ shape, as in ``bench.dnsperf_common``)."""
 
 
 # -- small process helpers (churn.py uses them too) ----------------------------------------
-
-
-def free_port() -> int:
-    """A loopback port free for both UDP and TCP (right now)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = int(udp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
 
 
 def status_mb(pid: int | str, field: str) -> float:
