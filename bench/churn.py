@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
+import os
 import re
 import select
 import socket
@@ -303,9 +304,12 @@ class RunResult:
     hwm_mb: float
 
 
-def start_clusterdns(kubeconfig: Path, log: Path) -> tuple[subprocess.Popen[bytes], int, int]:
+def start_clusterdns(kubeconfig: Path, log: Path,
+                     pin: str = "none") -> tuple[subprocess.Popen[bytes], int, int]:
     port, metrics = free_port(), free_port()
     cmd = [*serve_command("kubernetes", port, metrics), "--kubeconfig", str(kubeconfig)]
+    if pin == "split":  # clusterdns alone on CPU 1; this harness stays on CPU 0
+        cmd = ["taskset", "-c", "1", *cmd]
     with log.open("w") as out:
         process = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=out)
     return process, port, metrics
@@ -314,7 +318,7 @@ def start_clusterdns(kubeconfig: Path, log: Path) -> tuple[subprocess.Popen[byte
 def one_run(fake: FakeKube, churn: Churn, kubeconfig: Path, log: Path, probe: str,
             args: argparse.Namespace) -> RunResult:
     started = time.monotonic()
-    process, port, metrics_port = start_clusterdns(kubeconfig, log)
+    process, port, metrics_port = start_clusterdns(kubeconfig, log, args.pin)
     try:
         wait_answer(port, probe, process, log)
         sync = time.monotonic() - started
@@ -377,6 +381,8 @@ def ms(seconds: float) -> str:
 
 def measure(args: argparse.Namespace) -> Table:
     headless = args.headless
+    if args.pin == "split":
+        os.sched_setaffinity(0, {0})  # threads started from here on inherit it
     print(f"churn: {args.services} services ({headless} headless), {args.endpoints} endpoints, "
           f"{args.rate:g} updates/s for {args.seconds:g} s; {machine_load()}", flush=True)
     results: list[RunResult] = []
@@ -433,7 +439,7 @@ def measure(args: argparse.Namespace) -> Table:
         rows.append([f"updates never answered within {args.give_up:g} s", str(missed),
                      ", ".join(str(r.missed) for r in results), "0", "FAIL"])
     rows.append([machine_load(), "", "", "", ""])
-    title = (f"Programming latency: {args.rate:g} EndpointSlice updates/s for "
+    title = (f"Programming latency (pin {args.pin}): {args.rate:g} EndpointSlice updates/s for "
              f"{args.seconds:g} s at {args.services:,} Services, {args.endpoints:,} endpoints, "
              f"medians of {args.runs}")
     return title, ["figure", "median", "runs", "target", ""], rows
@@ -441,6 +447,9 @@ def measure(args: argparse.Namespace) -> Table:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--pin", choices=["none", "split"], default="none",
+                        help="split: clusterdns on CPU 1, the fake API server, sender and "
+                             "poller on CPU 0 (so the harness cannot starve the server)")
     parser.add_argument("--seconds", type=float, default=30.0, help="churn per run")
     parser.add_argument("--rate", type=float, default=100.0, help="updates per second")
     parser.add_argument("--services", type=int, default=10_000)
