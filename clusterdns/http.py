@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from clusterdns.config import ListenAddr
+from clusterdns.config import Config, ListenAddr
 
 if TYPE_CHECKING:
     from clusterdns.app import App
@@ -50,16 +50,70 @@ def readiness(app: App) -> tuple[bool, str]:
     return False, "no snapshot yet"
 
 
-class HttpEndpoints:
-    """One aiohttp site per address, serving the endpoints configured there."""
+class HttpSites:
+    """One aiohttp site per configured address, serving the given endpoints there.
 
-    def __init__(self, app: App) -> None:
-        self.app = app
+    Shared by a single server (``HttpEndpoints``) and the ``--workers`` supervisor, which
+    answer the same paths differently.
+    """
+
+    def __init__(self, config: Config, routes: Mapping[str, Handler], note: str = "") -> None:
+        self.config = config
+        self.routes = routes
+        self.note = note  # appended to the "serving HTTP" log line
         self.bound: dict[str, tuple[str, int]] = {}
         self._runners: list[web.AppRunner] = []
 
-    def _routes(self) -> dict[str, Handler]:
-        return {"health": self._health, "ready": self._ready, "metrics": self._metrics}
+    def plan(self) -> list[tuple[ListenAddr, list[str]]]:
+        """Which endpoints each site serves: equal addresses share one (not port 0)."""
+        sites: list[tuple[ListenAddr, list[str]]] = []
+        for name in ENDPOINTS:
+            addr: ListenAddr | None = getattr(self.config, name)
+            if addr is None:
+                continue
+            shared = next((paths for a, paths in sites if a == addr and addr.port != 0), None)
+            if shared is not None:
+                shared.append(name)
+            else:
+                sites.append((addr, [name]))
+        return sites
+
+    async def start(self) -> None:
+        """Bind every site; raises OSError (with nothing left bound) if one cannot."""
+        try:
+            for addr, paths in self.plan():
+                webapp = web.Application()
+                for path in paths:
+                    webapp.router.add_get(f"/{path}", self.routes[path])
+                runner = web.AppRunner(webapp, access_log=None, handle_signals=False,
+                                       shutdown_timeout=1.0)
+                await runner.setup()
+                self._runners.append(runner)
+                sock = bind(addr)
+                site = web.SockSite(runner, sock)
+                await site.start()
+                host, port = sock.getsockname()[:2]
+                for path in paths:
+                    self.bound[path] = (host, port)
+                log.info("serving HTTP %s on %s%s", " and ".join(f"/{p}" for p in paths),
+                         ListenAddr(host, port), self.note)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        runners, self._runners = self._runners, []
+        for runner in runners:
+            await runner.cleanup()
+
+
+class HttpEndpoints(HttpSites):
+    """The endpoints of one serving process, answered from its ``App``."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        super().__init__(app.config, {"health": self._health, "ready": self._ready,
+                                      "metrics": self._metrics})
 
     async def _health(self, request: web.Request) -> web.StreamResponse:
         return web.Response(text="OK")
@@ -73,52 +127,9 @@ class HttpEndpoints:
         body = generate_latest(self.app.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    def plan(self) -> list[tuple[ListenAddr, list[str]]]:
-        """Which endpoints each site serves: equal addresses share one (not port 0)."""
-        sites: list[tuple[ListenAddr, list[str]]] = []
-        config = self.app.config
-        for name in ENDPOINTS:
-            addr: ListenAddr | None = getattr(config, name)
-            if addr is None:
-                continue
-            shared = next((paths for a, paths in sites if a == addr and addr.port != 0), None)
-            if shared is not None:
-                shared.append(name)
-            else:
-                sites.append((addr, [name]))
-        return sites
 
-    async def start(self) -> None:
-        """Bind every site; raises OSError (with nothing left bound) if one cannot."""
-        routes = self._routes()
-        try:
-            for addr, paths in self.plan():
-                webapp = web.Application()
-                for path in paths:
-                    webapp.router.add_get(f"/{path}", routes[path])
-                runner = web.AppRunner(webapp, access_log=None, handle_signals=False,
-                                       shutdown_timeout=1.0)
-                await runner.setup()
-                self._runners.append(runner)
-                sock = _bind(addr)
-                site = web.SockSite(runner, sock)
-                await site.start()
-                host, port = sock.getsockname()[:2]
-                for path in paths:
-                    self.bound[path] = (host, port)
-                log.info("serving HTTP %s on %s", " and ".join(f"/{p}" for p in paths),
-                         ListenAddr(host, port))
-        except BaseException:
-            await self.close()
-            raise
-
-    async def close(self) -> None:
-        runners, self._runners = self._runners, []
-        for runner in runners:
-            await runner.cleanup()
-
-
-def _bind(addr: ListenAddr) -> socket.socket:
+def bind(addr: ListenAddr) -> socket.socket:
+    """A listening, non-blocking TCP socket on ``addr`` (dual-stack only for ``::``)."""
     family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:

@@ -59,7 +59,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -70,7 +70,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from clusterdns.config import Config, ListenAddr
-from clusterdns.http import _bind as bind_http
+from clusterdns.http import HttpSites
 from clusterdns.server import _bind_pair
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,6 @@ METRICS_TIMEOUT = 5.0  # and its /metrics
 _CLEAN_EXITS = (0, -signal.SIGTERM, -signal.SIGINT)  # while draining
 PRIVATE_HOST = "127.0.0.1"
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 # --------------------------------------------------------------------- pure helpers
@@ -208,11 +207,12 @@ class Supervisor:
         self.listen = config.listen
         self.workers = [Worker(i) for i in range(config.workers)]
         self.draining = False
-        self.http_bound: dict[str, tuple[str, int]] = {}
+        self.http = HttpSites(config, {"health": self._health, "ready": self._ready,
+                                       "metrics": self._metrics}, " (for all workers)")
+        self.http_bound = self.http.bound
         self._drain = asyncio.Event()
         self._pipe_read, self._pipe_write = os.pipe()
         self._session: aiohttp.ClientSession | None = None
-        self._runners: list[web.AppRunner] = []
 
     # ---------------------------------------------------------------- processes
 
@@ -319,35 +319,6 @@ class Supervisor:
         body = merge_metrics(texts, [count, restarts])
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    async def _start_http(self) -> None:
-        routes: dict[str, Handler] = {"health": self._health, "ready": self._ready,
-                                      "metrics": self._metrics}
-        sites: list[tuple[ListenAddr, list[str]]] = []
-        for name in routes:
-            addr: ListenAddr | None = getattr(self.config, name)
-            if addr is None:
-                continue
-            shared = next((p for a, p in sites if a == addr and addr.port != 0), None)
-            if shared is not None:
-                shared.append(name)
-            else:
-                sites.append((addr, [name]))
-        for addr, paths in sites:
-            webapp = web.Application()
-            for path in paths:
-                webapp.router.add_get(f"/{path}", routes[path])
-            runner = web.AppRunner(webapp, access_log=None, handle_signals=False,
-                                   shutdown_timeout=1.0)
-            await runner.setup()
-            self._runners.append(runner)
-            sock = bind_http(addr)
-            await web.SockSite(runner, sock).start()
-            host, port = sock.getsockname()[:2]
-            for path in paths:
-                self.http_bound[path] = (host, port)
-            log.info("serving HTTP %s on %s (for all workers)",
-                     " and ".join(f"/{p}" for p in paths), ListenAddr(host, port))
-
     # ---------------------------------------------------------------- lifecycle
 
     async def run(self) -> int:
@@ -370,7 +341,7 @@ class Supervisor:
                     await self._stop_all()
                     return code if code > 0 else 2
             if not self.draining:
-                await self._start_http()
+                await self.http.start()
                 log.info("%d workers serving %s", len(self.workers),
                          ", ".join(str(a) for a in self.listen))
             codes = await asyncio.gather(*(self._keep(w) for w in self.workers))
@@ -398,9 +369,7 @@ class Supervisor:
                 await worker.proc.wait()
 
     async def _close(self) -> None:
-        for runner in self._runners:
-            await runner.cleanup()
-        self._runners.clear()
+        await self.http.close()
         if self._session is not None:
             await self._session.close()
         for fd in (self._pipe_read, self._pipe_write):
