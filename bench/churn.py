@@ -65,7 +65,7 @@ import dns.rdatatype
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.cluster import namespace_of, objects
-from bench.dnsperf_common import free_port
+from bench.dnsperf_common import free_port, wait_answering
 from bench.scale import (
     ROOT,
     Table,
@@ -74,7 +74,6 @@ from bench.scale import (
     serve_command,
     status_mb,
     stop,
-    wait_answer,
 )
 
 # The fake API server lives with the tests (as `fakekube`, the name the tests import it by).
@@ -320,7 +319,7 @@ def one_run(fake: FakeKube, churn: Churn, kubeconfig: Path, log: Path, probe: st
     started = time.monotonic()
     process, port, metrics_port = start_clusterdns(kubeconfig, log, args.pin)
     try:
-        wait_answer(port, probe, process, log)
+        wait_answering(port, probe, process, log, timeout=600, interval=0.01)
         sync = time.monotonic() - started
         time.sleep(args.settle)
         before = scrape(metrics_port)

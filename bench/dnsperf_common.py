@@ -258,7 +258,7 @@ def process_cpu_seconds(pid: int) -> float:
 
 
 def wait_answering(port: int, name: str, process: subprocess.Popen[bytes], log: Path,
-                   timeout: float = 60.0) -> None:
+                   timeout: float = 60.0, interval: float = 0.05) -> None:
     """Wait until ``name`` A gets NOERROR with an answer from 127.0.0.1:``port``."""
     query = dns.message.make_query(name, "A")
     deadline = time.monotonic() + timeout
@@ -272,7 +272,7 @@ def wait_answering(port: int, name: str, process: subprocess.Popen[bytes], log: 
                 return
         except (dns.exception.Timeout, OSError):
             pass
-        time.sleep(0.05)
+        time.sleep(interval)
     raise SystemExit(f"no answer for {name} on port {port} within {timeout} s")
 
 

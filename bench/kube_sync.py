@@ -24,23 +24,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import dns.message
-import dns.query
-import dns.rcode
-
 from bench.cluster import namespace_of, objects
-from bench.dnsperf_common import free_port
+from bench.dnsperf_common import free_port, wait_answering
+from bench.scale import status_mb
 
 # The fake API server lives with the tests (as `fakekube`, the name the tests import it by).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fakekube import FakeKube
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def one_run(kubeconfig: Path, last_name: str, log_path: Path) -> tuple[float, float, float]:
@@ -52,21 +42,9 @@ def one_run(kubeconfig: Path, last_name: str, log_path: Path) -> tuple[float, fl
              "--kubeconfig", str(kubeconfig), "--listen", f"127.0.0.1:{port}"],
             stderr=log)
     try:
-        query = dns.message.make_query(last_name, "A")
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"clusterdns exited: {log_path.read_text()[-2000:]}")
-            try:
-                reply = dns.query.udp(query, "127.0.0.1", port=port, timeout=0.5)
-                if reply.rcode() == dns.rcode.NOERROR and reply.answer:
-                    break
-            except (dns.exception.Timeout, OSError):
-                pass
-            if time.monotonic() - started > 300:
-                raise SystemExit("no answer within 300 s")
-            time.sleep(0.05)
+        wait_answering(port, last_name, proc, log_path, timeout=300)
         ready = time.monotonic() - started
-        rss = peak_rss_mb(proc.pid)
+        rss = status_mb(proc.pid, "VmHWM")
     finally:
         proc.terminate()
         proc.wait(timeout=10)

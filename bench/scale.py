@@ -37,13 +37,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import dns.exception
-import dns.message
-import dns.query
-import dns.rcode
-
 from bench.cluster import namespace_of, objects
-from bench.dnsperf_common import free_port
+from bench.dnsperf_common import free_port, wait_answering
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_TARGET_S = 2.0
@@ -78,26 +73,6 @@ def serve_command(source: str, port: int, metrics_port: int | None = None,
     return [sys.executable, "-m", "clusterdns", "serve", "--source", source,
             "--listen", f"127.0.0.1:{port}", "--health", "", "--ready", "",
             "--metrics", metrics, "--lameduck", "0", "--log-level", log_level]
-
-
-def wait_answer(port: int, name: str, process: subprocess.Popen[bytes], log: Path,
-                timeout: float = 600.0) -> None:
-    """Poll ``name`` A every 10 ms until it gets NOERROR with an answer."""
-    query = dns.message.make_query(name, "A")
-    deadline = time.monotonic() + timeout
-    while True:
-        if process.poll() is not None:
-            raise SystemExit(f"clusterdns exited ({process.returncode}): "
-                             f"{log.read_text()[-2000:]}")
-        try:
-            reply = dns.query.udp(query, "127.0.0.1", port=port, timeout=0.2)
-            if reply.rcode() == dns.rcode.NOERROR and reply.answer:
-                return
-        except (dns.exception.Timeout, OSError):
-            pass
-        if time.monotonic() > deadline:
-            raise SystemExit(f"no answer for {name} within {timeout:g} s")
-        time.sleep(0.01)
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -189,7 +164,7 @@ def serve_once(path: Path, last_name: str, log: Path) -> dict[str, float]:
         process = subprocess.Popen(serve_command(f"file:{path}", port), cwd=ROOT,
                                    stdout=subprocess.DEVNULL, stderr=out)
     try:
-        wait_answer(port, last_name, process, log)
+        wait_answering(port, last_name, process, log, timeout=600, interval=0.01)
         ready = time.monotonic() - started
         hwm, rss = status_mb(process.pid, "VmHWM"), status_mb(process.pid, "VmRSS")
     finally:
