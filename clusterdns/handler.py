@@ -63,12 +63,9 @@ class HandlerStats:
 
 class Handler:
     def __init__(self, ref: SnapshotRef, max_udp_size: int = 1232,
-                 forwarder: Forwarding | None = None, *, fast: bool = True,
-                 fast_entries: int | None = None) -> None:
+                 forwarder: Forwarding | None = None, *, fast: bool = True) -> None:
         self.ref = ref
-        self.fast: ReplyCache | None = (
-            (ReplyCache(ref, fast_entries) if fast_entries else ReplyCache(ref))
-            if fast else None)
+        self.fast: ReplyCache | None = ReplyCache(ref) if fast else None
         self._max_udp_size = max_udp_size
         self._forwarder = forwarder
         self.stats = HandlerStats()
@@ -133,9 +130,10 @@ class Handler:
         fwd = self.forwarder
         fast = self.fast
         rotation = 0
+        in_zone = snap.zone_for(query.qname) is not None
         decision = self._refuse(query)
         if decision is None:
-            if (fwd is not None and snap.zone_for(query.qname) is None
+            if (fwd is not None and not in_zone
                     and query.qtype not in (RRType.AXFR, RRType.IXFR)):
                 return fwd.answer(query, limit)
             rotation = next(self._rotation)
@@ -151,13 +149,13 @@ class Handler:
         reply = wire.encode(query, decision, limit, self.max_udp_size)
         if reply[2] & 0x02:
             self.stats.truncated += 1
-        if fast is not None:
-            in_zone = snap.zone_for(query.qname) is not None
-            if in_zone or fwd is None:  # else metrics would count it as forwarded
-                # TC: the answer RRset did not fit, so every rotation is the same reply.
-                rotations = 1 if reply[2] & 0x02 else _rotations(decision, query.qtype)
-                fast.insert(snap, data, tcp, reply, qtype=query.qtype, in_zone=in_zone,
-                            rotations=rotations, index=rotation % rotations)
+        # Out-of-zone replies are stored only without a forwarder (else metrics would count
+        # them as forwarded).
+        if fast is not None and (in_zone or fwd is None):
+            # TC: the answer RRset did not fit, so every rotation is the same reply.
+            rotations = 1 if reply[2] & 0x02 else _rotations(decision, query.qtype)
+            fast.insert(snap, data, tcp, reply, qtype=query.qtype, in_zone=in_zone,
+                        rotations=rotations, index=rotation % rotations)
         return reply
 
     def _refuse(self, query: wire.Query) -> Decision | None:
