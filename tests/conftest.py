@@ -23,6 +23,7 @@ import pytest
 from clusterdns.app import App
 from clusterdns.config import Config, ListenAddr, PodsMode, SourceSpec
 from clusterdns.source.kube import KubeSource
+from fakekube import FakeKube
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_CLUSTER = ROOT / "config" / "demo-cluster.yaml"
@@ -178,3 +179,15 @@ def free_port() -> int:
                     continue
                 return port
     raise AssertionError("no free port for UDP and TCP")
+
+
+FAKE_BOOKMARK_INTERVAL = 0.25  # well under the tests' 1 s stall detector: quiet watches stay
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeKube]:
+    """A plain-HTTP FakeKube holding the demo cluster, sending bookmarks every 0.25 s."""
+    server = FakeKube(bookmark_interval=FAKE_BOOKMARK_INTERVAL)
+    server.load_yaml(DEMO_CLUSTER)
+    with server:
+        yield server

@@ -38,7 +38,7 @@ from clusterdns.records import Record, RRType
 from clusterdns.snapshot import Snapshot, SnapshotRef, unsynced
 from clusterdns.source.kube import KubeSource, Tuning
 from clusterdns.store import Kind, Store
-from conftest import DEMO_CLUSTER, RunningServer, addresses
+from conftest import RunningServer, addresses
 from fakekube import FakeKube
 
 KIND_TYPES: dict[Kind, type[KubeObject]] = {
@@ -386,17 +386,6 @@ def test_the_store_reports_changed_keys_and_asks_for_a_full_build_when_too_many(
 
 FAST = Tuning(page_size=50, watch_timeout=4.0, inactivity_timeout=1.0, request_timeout=5.0,
               backoff_base=0.05, backoff_cap_early=0.5)
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeKube]:
-    server = FakeKube(bookmark_interval=0.25)
-    server.load_yaml(DEMO_CLUSTER)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def wait_for(server: RunningServer, name: str, ok: Callable[[Any], bool]) -> Any:

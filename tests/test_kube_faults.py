@@ -10,7 +10,7 @@ with ``config/demo-cluster.yaml`` and checks what dig would see plus what the AP
 saw (its request log).
 
 Timing: the source runs with ``FAST`` (seconds instead of minutes). The fake sends
-bookmarks every ``BOOKMARK_INTERVAL``, well inside ``FAST.inactivity_timeout``, so a
+bookmarks every 0.25 s (conftest's ``fake``), well inside ``FAST.inactivity_timeout``, so a
 healthy idle stream is never taken for a stalled one; a stalled stream sends nothing at
 all (not even bookmarks), which is what the inactivity timeout detects. Time bounds in
 assertions are the ones the behaviour promises (at least Retry-After, within 2 s of the
@@ -26,7 +26,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +36,11 @@ import pytest
 
 from clusterdns.config import SourceSpec
 from clusterdns.source.kube import KubeSource, Reflector, Tuning
-from conftest import DEMO_CLUSTER, RunningServer, demo_config, rrset_texts
+from conftest import RunningServer, demo_config, rrset_texts
 from fakekube import FakeKube, RequestRecord
 
 FAST = Tuning(watch_timeout=3.0, inactivity_timeout=1.0, request_timeout=5.0,
               backoff_base=0.1, backoff_cap_early=1.0)
-BOOKMARK_INTERVAL = 0.25  # < FAST.inactivity_timeout: idle streams stay alive
 RESOURCES = ("namespaces", "services", "endpointslices")  # what the demo config watches
 
 WEB = "web.default.svc.cluster.local."  # 10.96.33.33 in the demo cluster
@@ -198,14 +197,6 @@ class ConnectionCounter:
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeKube]:
-    server = FakeKube(bookmark_interval=BOOKMARK_INTERVAL)
-    server.load_yaml(DEMO_CLUSTER)
-    with server:
-        yield server
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ from kubernetes.aio.config.incluster_config import InClusterConfigLoader
 
 from clusterdns.config import Config, SourceSpec
 from clusterdns.source.kube import KubeSource, Tuning
-from conftest import DEMO_CLUSTER, RunningServer, addresses
+from conftest import DEMO_CLUSTER, FAKE_BOOKMARK_INTERVAL, RunningServer, addresses
 from fakekube import FakeKube, RequestRecord, iter_yaml_objects
 
 NOERROR = dns.rcode.NOERROR
@@ -47,7 +47,6 @@ EDE_NOT_READY = 14
 # watches, a quick stall detector and a low backoff cap keep every test to a second or two.
 FAST = Tuning(page_size=3, watch_timeout=4.0, inactivity_timeout=1.0, request_timeout=5.0,
               backoff_base=0.05, backoff_cap_early=0.5)
-BOOKMARK_INTERVAL = 0.25  # well under FAST.inactivity_timeout: a quiet watch stays open
 PROPAGATION = 1.0  # a change in the API server shows in DNS within this many seconds
 SYNC_WITHIN = 5.0
 
@@ -124,18 +123,6 @@ class Tls:
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeKube]:
-    """A plain-HTTP FakeKube holding the demo cluster."""
-    server = FakeKube(bookmark_interval=BOOKMARK_INTERVAL)
-    server.load_yaml(DEMO_CLUSTER)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture
 def tls(tmp_path: Path) -> Tls:
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1")
@@ -150,7 +137,7 @@ def tls(tmp_path: Path) -> Tls:
 def tls_fake(tls: Tls) -> Iterator[FakeKube]:
     """An HTTPS FakeKube with the demo cluster that wants ``Bearer s3cret``."""
     server = FakeKube(ssl_context=tls.context, token="s3cret",
-                      bookmark_interval=BOOKMARK_INTERVAL)
+                      bookmark_interval=FAKE_BOOKMARK_INTERVAL)
     server.load_yaml(DEMO_CLUSTER)
     server.start()
     try:

@@ -20,7 +20,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from test_kube_source import endpoint_slice, fast_source, wait_synced
 from upstream import FakeUpstream
 
 from clusterdns.config import ListenAddr, SourceSpec
-from conftest import DEMO_CLUSTER, ROOT, RunningServer, free_port
+from conftest import ROOT, RunningServer, free_port
 from fakekube import FakeKube
 
 LOOPBACK0 = ListenAddr("127.0.0.1", 0)
@@ -95,17 +95,6 @@ def label_names(families: dict[str, Any], name: str) -> set[frozenset[str]]:
 
 
 # ----------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeKube]:
-    server = FakeKube(bookmark_interval=0.25)
-    server.load_yaml(DEMO_CLUSTER)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 # ----------------------------------------------------------------------------- health
