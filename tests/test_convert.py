@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import copy
+import ipaddress
 import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from clusterdns import names
 from clusterdns.convert import SUPPORTED_KINDS, ConvertError, convert
 from clusterdns.objects import (
     Endpoint,
@@ -464,3 +468,20 @@ def test_a_wrong_type_anywhere_gives_a_convert_error_and_nothing_else(sample_nam
                 pass
             except Exception as exc:  # pragma: no cover - the failure report
                 pytest.fail(f"{kind} with {path}={wrong!r} raised {exc!r}")
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(
+    st.lists(st.integers(0, 999).map(str) | st.sampled_from(["00", "01", "007", "-1", ""]),
+             min_size=1, max_size=6).map(".".join),
+    st.ip_addresses().map(str),
+    st.text(alphabet="0123456789.: \n\tabcdef", max_size=20),
+))
+def test_canonical_ip_accepts_and_spells_addresses_exactly_as_the_ipaddress_module(
+        text: str) -> None:
+    # names.canonical_ip takes a shortcut for plain dotted quads; it must not change a verdict.
+    try:
+        expected: str | None = str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        expected = None
+    assert names.canonical_ip(text) == expected
