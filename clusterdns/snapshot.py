@@ -10,7 +10,9 @@ generation. The SOA serial is the generation number.
 How a change stays cheap (issue 5 item 4): a ``Builder`` keeps, per Service, the names
 its *contribution* claims (its records, its PTRs, and the empty non-terminals above
 them). A change to a Service, its EndpointSlices, a Namespace or a Pod withdraws exactly
-the affected contributions and adds their new versions. Names claimed by several
+the affected contributions and adds their new versions; when a slice only moved
+endpoints, just the service-wide names and those endpoints' names are computed again
+(one endpoint of a 100-endpoint headless service: 2 names, not 200). Names claimed by several
 contributions (``<ns>.svc.<zone>``, reverse-zone non-terminals, a PTR name two services
 share) keep a claim count and the record-carrying claims, merged in owner order. The name
 index is a ``NameIndex`` of copy-on-write shards: a publish copies only the shards the
@@ -50,6 +52,8 @@ EMPTY_NODE: Node = MappingProxyType({})
 Key = tuple[str, str]  # (namespace, name); namespaces use ("", name)
 Owner = tuple[str, str, str]  # who claims a name: ("svc", ns, name), ("ns", ns, ""), ...
 _ZONE_OWNER: Owner = ("", "", "")  # sorts first: apex records lead merged RRsets
+_Item = tuple[tuple[str, ...], str, str]  # a ready endpoint: (addresses, hostname, pod name)
+Claims = dict[str, dict["RRType", dict[Any, None]]]  # name -> type -> raw values, in order
 
 # Record types whose raw value is a string wrapped on lookup; the rest store RData.
 _WRAP: dict[int, Any] = {RRType.A: records.A, RRType.AAAA: records.AAAA,
@@ -353,6 +357,11 @@ def build(cluster: Cluster, config: Config, serial: int) -> Snapshot:
 # --------------------------------------------------------------------------- builder
 
 
+# Stands for "this owner's records at this name are unchanged" in the claims handed to
+# ``Builder._claim`` (truthy, like a name with records; compared by identity).
+_KEEP: dict[RRType, dict[Any, None]] = {RRType.A: {}}
+
+
 def _reverse_name(ip: str) -> str:
     if ":" in ip:
         return names.reverse_name(ip)
@@ -402,6 +411,11 @@ class Builder:
         self.index = _CowIndex(_shard_count(2 * size), LazyNode.record_count)
         self.infos = _CowIndex(_shard_count(len(cluster.services)))
         self._dirty_services: set[Key] = set()
+        # Dirty services whose only change is endpoints moving inside slices they already
+        # had: the (addresses, hostname, pod name) items that appeared or went. A dirty
+        # service without an entry here is recomputed whole.
+        self._touched: dict[Key, set[_Item]] = {}
+        self.examined = 0  # names the last publish computed (tests: cost follows change)
         self._dirty_namespaces: set[str] = set()
         self._pods_changed = True
         self._namespaces: frozenset[str] = frozenset()
@@ -438,16 +452,24 @@ class Builder:
             if key not in self.services:
                 self._ns_ref(obj.namespace, 1)
             self.services[key] = obj
-            self._dirty_services.add(key)
+            self._recompute(key)
         elif isinstance(obj, EndpointSlice):
             key = (obj.namespace, obj.name)
-            if key in self.slices:
-                self._unlink_slice(self.slices[key])
+            old = self.slices.get(key)
+            owner = (obj.namespace, obj.service)
+            if old is not None and old.service == obj.service and \
+                    old.ports == obj.ports and old.address_type == obj.address_type:
+                self._endpoints_moved(owner, old, obj)
+                self.slices[key] = obj
+                self.slices_by_svc[owner][obj.name] = obj
+                return
+            if old is not None:
+                self._unlink_slice(old)
             else:
                 self._ns_ref(obj.namespace, 1)
             self.slices[key] = obj
-            self.slices_by_svc.setdefault((obj.namespace, obj.service), {})[obj.name] = obj
-            self._dirty_services.add((obj.namespace, obj.service))
+            self.slices_by_svc.setdefault(owner, {})[obj.name] = obj
+            self._recompute(owner)
         elif isinstance(obj, Namespace):
             if obj.name not in self.namespace_objects:
                 self.namespace_objects.add(obj.name)
@@ -469,7 +491,7 @@ class Builder:
         if kind is Service:
             if self.services.pop(key, None) is not None:
                 self._ns_ref(key[0], -1)
-                self._dirty_services.add(key)
+                self._recompute(key)
         elif kind is EndpointSlice:
             old = self.slices.pop(key, None)
             if old is not None:
@@ -491,7 +513,25 @@ class Builder:
         del group[old.name]
         if not group:
             del self.slices_by_svc[owner]
-        self._dirty_services.add(owner)
+        self._recompute(owner)
+
+    def _recompute(self, service: Key) -> None:
+        """``service``'s whole contribution is computed again at the next publish."""
+        self._touched.pop(service, None)
+        self._dirty_services.add(service)
+
+    def _endpoints_moved(self, service: Key, old: EndpointSlice, new: EndpointSlice) -> None:
+        """A slice changed only its endpoints: note which, so that the next publish
+        recomputes the names of those endpoints (and the service-wide RRsets), not the
+        names of every endpoint of the service."""
+        touched = self._touched.get(service)
+        if touched is None:
+            if service in self._dirty_services:
+                return  # already recomputed whole
+            touched = self._touched[service] = set()
+        self._dirty_services.add(service)
+        if new.address_type in ("IPv4", "IPv6"):
+            touched.update(set(old.ready_items()).symmetric_difference(new.ready_items()))
 
     def _unlink_pod(self, pod: Pod) -> None:
         for ip in pod.ips:
@@ -516,6 +556,7 @@ class Builder:
             self._namespaces = frozenset(ns for ns in self.ns_refs if self._exposed(ns))
             self._dirty_namespaces.clear()
             self._pods_changed = True  # pod_ips only holds exposed namespaces
+        self.examined = 0
         for key in self._dirty_services:
             owner = ("svc", key[0], key[1])
             svc = self.services.get(key)
@@ -525,11 +566,18 @@ class Builder:
                 continue
             slices = self.slices_by_svc.get(key)
             ordered = [slices[n] for n in sorted(slices)] if slices else []
-            info, claims = self._service_claims(svc, ordered)
+            touched = self._touched.get(key) if owner in self.claimed else None
+            info, claims, scope = self._service_claims(svc, ordered, touched)
+            self.examined += len(claims)
+            if scope is not None:  # the names outside the scope stay as they are
+                kept: Claims = {n: _KEEP for n in self.claimed[owner][0] if n not in scope}
+                kept.update(claims)
+                claims = kept
             if self.infos.get(key) is not info:
                 self.infos.set(key, info)
             self._claim(owner, claims)
         self._dirty_services.clear()
+        self._touched.clear()
         self._claim(_ZONE_OWNER, self._zone_claims(serial))  # the SOA serial, kube-dns
         if self._pods_changed:
             self._pod_ips = frozenset(k for k in self.pod_ip_refs if k[0] in self._namespaces)
@@ -543,11 +591,13 @@ class Builder:
 
     # ----------------------------------------------------------------------- claims
 
-    def _claim(self, owner: Owner, claims: dict[str, dict[RRType, dict[Any, None]]]) -> None:
+    def _claim(self, owner: Owner, claims: Claims) -> None:
         """Make ``owner``'s claims exactly ``claims`` (names with records or empty ones)
         plus the non-terminals between those names and their zones.
 
-        Only names whose content changed are written: an unchanged node keeps its object.
+        Only names whose content changed are written: an unchanged node keeps its object;
+        a name mapped to ``_KEEP`` (one ``owner`` already claims with records) is not
+        even compared.
         """
         ttl, zones = self.ttl, self.zone_set
         full: list[str] = []
@@ -576,6 +626,8 @@ class Builder:
         shards, mask = index.shards, index.mask
         for name in full:
             if name in old_full:
+                if claims[name] is _KEEP:
+                    continue
                 self._swap(owner, node(name, ttl, owner, claims[name]))
             elif name in shared or name in shards[hash(name) & mask]:
                 put(node(name, ttl, owner, claims[name]))
@@ -692,18 +744,48 @@ class Builder:
         return claims
 
     def _service_claims(
-        self, svc: Service, slices: list[EndpointSlice],
-    ) -> tuple[ServiceInfo, dict[str, dict[RRType, dict[Any, None]]]]:
+        self, svc: Service, slices: list[EndpointSlice], touched: set[_Item] | None = None,
+    ) -> tuple[ServiceInfo, Claims, set[str] | None]:
         """SPEC §S2.2-S2.7 for one service; the same rules as ``records.service_records``
-        and ``records.ptr_records``, written for speed: raw values, no ``Record``s."""
-        use_pod = self.use_pod_names
-        ready = records.ready_endpoints(slices, use_pod)
-        info = _info(svc.kind, len(ready))
-        kind = svc.kind
-        claims: dict[str, dict[RRType, dict[Any, None]]] = {}
+        and ``records.ptr_records``, written for speed: raw values, no ``Record``s.
+
+        With ``touched`` (the endpoints that changed since the last publish), only the
+        service-wide names (the service name, its SRV owners, its ClusterIP PTRs) and the
+        names of the touched endpoints are computed, and the third value is the scope:
+        every name those could have held, before or now. Outside the scope the service's
+        last claims stand. Without ``touched`` (or when the service has no ready
+        endpoints left) everything is computed and the scope is None.
+        """
+        use_pod, kind = self.use_pod_names, svc.kind
+        label_of = records.endpoint_label
+        # One pass over the ready endpoints: the merged label -> addresses of the IP
+        # slices (``records.ready_endpoints``), and for a headless service, per slice
+        # with a named port, the distinct labels of its ready endpoints (SRV targets).
+        ready: dict[str, dict[str, None]] = {}
+        slice_labels: list[tuple[EndpointSlice, list[str]]] = []
+        for sl in slices:
+            counted = sl.address_type in ("IPv4", "IPv6")
+            named = kind is ServiceKind.HEADLESS and any(p.name for p in sl.ports)
+            if not counted and not named:
+                continue
+            by_ip: dict[str, str] = {}
+            for addresses, hostname, pod_name in sl.ready_items():
+                for ip in addresses:
+                    label = label_of(hostname, pod_name, ip, use_pod)
+                    if counted:
+                        ips_of = ready.get(label)
+                        if ips_of is None:
+                            ready[label] = {ip: None}
+                        else:
+                            ips_of[ip] = None
+                    by_ip[ip] = label
+            if named:
+                slice_labels.append((sl, list(dict.fromkeys(by_ip.values()))))
+        info = _info(kind, len(ready))
+        claims: Claims = {}
         if not ready and (kind is ServiceKind.HEADLESS or (
                 kind is ServiceKind.CLUSTER_IP and self.config.ignore_empty_service)):
-            return info, claims
+            return info, claims, None
         A, AAAA, SRV = RRType.A, RRType.AAAA, RRType.SRV
 
         def add(name: str, rtype: RRType, value: Any) -> None:
@@ -717,16 +799,22 @@ class Builder:
             for zone in self.forward:
                 add(names.join(svc.name, svc.namespace, "svc", zone), RRType.CNAME,
                     svc.external_name)
-            return info, claims
+            return info, claims, None
 
-        # Per slice, the distinct labels of its ready endpoints (SRV targets, headless).
-        slice_labels: list[tuple[EndpointSlice, list[str]]] = []
-        if kind is ServiceKind.HEADLESS:
-            for sl in slices:
-                if any(p.name for p in sl.ports):
-                    by_ip = {ip: records.endpoint_label(ep.hostname, ep.pod_name, ip, use_pod)
-                             for ep in sl.endpoints if ep.ready for ip in ep.addresses}
-                    slice_labels.append((sl, list(dict.fromkeys(by_ip.values()))))
+        # The endpoints whose own names (``<label>.<service>``, PTRs) are computed.
+        labels: set[str] | None = None
+        ips: set[str] | None = None
+        scope: set[str] | None = None
+        if touched is not None:
+            labels, ips, scope = set(), set(svc.cluster_ips), set()
+            for addresses, hostname, pod_name in touched:
+                for ip in addresses:
+                    labels.add(records.endpoint_label(hostname, pod_name, ip, use_pod))
+                    ips.add(ip)
+            scope.update(_reverse_name(ip) for ip in ips)
+        wanted = ready if labels is None else {
+            label: ips_of for label, ips_of in ready.items() if label in labels}
+
         # One string object per distinct name: an endpoint's name is its node's key,
         # its SRV target and its PTR target (the same text, stored once).
         spelled: dict[str, str] = {}
@@ -741,21 +829,37 @@ class Builder:
                 for port in svc.ports:
                     if port.name:
                         srv[(f"_{port.name}._{port.protocol}.{base}", port.port, base)] = None
-            else:
-                for ep in ready:
-                    for ip in ep.addresses:
-                        add(base, AAAA if ":" in ip else A, ip)
-                for sl, labels in slice_labels:
+            else:  # headless: ``ready`` is not empty (see above)
+                sets: dict[RRType, dict[Any, None]] = {}
+                claims[base] = sets
+                for ips_of in ready.values():
+                    for ip in ips_of:
+                        rtype = AAAA if ":" in ip else A
+                        values = sets.get(rtype)
+                        if values is None:
+                            sets[rtype] = {ip: None}
+                        else:
+                            values[ip] = None
+                for sl, sl_labels in slice_labels:
                     for port in sl.ports:
                         if port.name:
                             owner = f"_{port.name}._{port.protocol}.{base}"
-                            for label in labels:
+                            for label in sl_labels:
                                 target = f"{label}.{base}"
                                 srv[(owner, port.port, one(target, target))] = None
-            for ep in ready:
-                owner = f"{ep.label}.{base}"
+            if scope is not None:
+                # Every name the service itself could hold: an SRV owner whose last
+                # target went must go too.
+                scope.add(base)
+                ports = svc.ports if kind is ServiceKind.CLUSTER_IP else [
+                    p for sl in slices for p in sl.ports]
+                scope.update(f"_{p.name}._{p.protocol}.{base}" for p in ports if p.name)
+                assert labels is not None
+                scope.update(f"{label}.{base}" for label in labels)
+            for label, ips_of in wanted.items():
+                owner = f"{label}.{base}"
                 owner = one(owner, owner)
-                for ip in ep.addresses:
+                for ip in ips_of:
                     add(owner, AAAA if ":" in ip else A, ip)
             per_owner: dict[str, int] = {}
             for owner, _, _ in srv:
@@ -772,16 +876,18 @@ class Builder:
             ptrs: list[tuple[str, str]] = []
             if kind is ServiceKind.CLUSTER_IP:
                 ptrs.extend((ip, base) for ip in svc.cluster_ips)
-            for ep in ready:
-                target = f"{ep.label}.{base}"
+            for label, ips_of in ready.items():
+                if ips is not None and ips.isdisjoint(ips_of):
+                    continue
+                target = f"{label}.{base}"
                 target = one(target, target)
-                ptrs.extend((ip, target) for ip in ep.addresses)
+                ptrs.extend((ip, target) for ip in ips_of if ips is None or ip in ips)
             reverse = self.reverse
             for ip, target in ptrs:
                 rname = _reverse_name(ip)
                 if any(names.is_subdomain(rname, z) for z in reverse):
                     add(rname, RRType.PTR, target)
-        return info, claims
+        return info, claims, scope
 
 
 # ------------------------------------------------------------------------ reference
@@ -805,6 +911,7 @@ class SnapshotRef:
         self.full_builds = 0  # publishes from scratch
         self.delta_builds = 0  # publishes from object deltas
         self.last_replaced = 0  # names the last publish wrote or removed
+        self.last_examined = 0  # names of services the last publish computed
 
     def get(self) -> Snapshot:
         return self.current
@@ -835,6 +942,7 @@ class SnapshotRef:
             self._builder = builder
             self.full_builds += 1
             self.last_replaced = builder.replaced
+            self.last_examined = builder.examined
             self._serial = snap.serial
             self.current = snap
             return snap
@@ -857,6 +965,7 @@ class SnapshotRef:
             self._builder = builder
             self.delta_builds += 1
             self.last_replaced = builder.replaced
+            self.last_examined = builder.examined
             self._serial = snap.serial
             self.current = snap
             return snap

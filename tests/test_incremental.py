@@ -197,9 +197,38 @@ class World:
                    tuple(dict.fromkeys(self.ip(r.random() < 0.2)
                                        for _ in range(r.randrange(0, 3)))))
 
+    def move_endpoints(self, store: Store) -> bool:
+        """Change only the endpoints of an existing slice (the builder's partial path):
+        flip readiness, swap an address, rename, add or drop one. False if no slice."""
+        r = self.rng
+        slices = store.cluster().endpoint_slices
+        if not slices:
+            return False
+        old = r.choice(slices)
+        eps = list(old.endpoints)
+        fresh = self.endpoint(old.address_type)
+        i = r.randrange(len(eps)) if eps else 0
+        how = r.choice(["ready", "address", "hostname", "add", "drop"]) if eps else "add"
+        if how == "ready":
+            eps[i] = dataclasses.replace(eps[i], ready=not eps[i].ready)
+        elif how == "address":
+            eps[i] = dataclasses.replace(eps[i], addresses=fresh.addresses)
+        elif how == "hostname":
+            eps[i] = dataclasses.replace(eps[i], hostname=fresh.hostname,
+                                         pod_name=fresh.pod_name)
+        elif how == "add":
+            eps.insert(i, fresh)
+        else:
+            del eps[i]
+        store.apply(Kind.ENDPOINT_SLICE, EndpointSlice(
+            old.namespace, old.name, old.service, old.address_type, tuple(eps), old.ports))
+        return True
+
     def step(self, store: Store) -> None:
         """One random add, change or delete."""
         r = self.rng
+        if r.random() < 0.4 and self.move_endpoints(store):
+            return
         kind = r.choice(list(Kind))
         if r.random() < 0.3:
             keys = list(_keys(store, kind))
@@ -314,6 +343,58 @@ def test_changing_one_slice_rewrites_only_that_services_names_and_the_apex() -> 
     for name, node in old.nodes.items():
         if name not in changed:
             assert new.nodes[name] is node
+
+
+def test_moving_one_endpoint_of_a_large_headless_service_computes_only_its_names() -> None:
+    # Cost follows the change (issue 5 item 4): one endpoint of 100 turns unready, and
+    # the publish computes the service-wide names and that endpoint's, not all 100.
+    store = Store()
+    store.apply(Kind.SERVICE, Service("default", "db", ServiceKind.HEADLESS,
+                                      ports=(Port("sql", "tcp", 5432),)))
+    eps = [Endpoint((f"10.1.0.{j + 1}",), True) for j in range(100)]
+    store.apply(Kind.ENDPOINT_SLICE, EndpointSlice("default", "db-x", "db", "IPv4", eps,
+                                                   (Port("sql", "tcp", 5432),)))
+    ref = SnapshotRef(unsynced(Config()))
+    store.take_changes()
+    ref.publish_cluster(store.cluster(), Config())
+    assert ref.last_examined > 200  # a full build computes every name
+    eps[41] = Endpoint(("10.1.0.42",), False)
+    store.apply(Kind.ENDPOINT_SLICE, EndpointSlice("default", "db-x", "db", "IPv4", eps,
+                                                   (Port("sql", "tcp", 5432),)))
+    snap = ref.publish_changes(deltas(store))
+    # db.default.svc (A, SRV), _sql._tcp.db.default.svc (SRV); the endpoint's own name
+    # and PTR are gone, so nothing else was computed
+    assert ref.last_examined == 2
+    base = "db.default.svc.cluster.local"
+    assert f"10-1-0-42.{base}" not in snap.nodes
+    assert "42.0.1.10.in-addr.arpa" not in snap.nodes
+    assert f"10-1-0-41.{base}" in snap.nodes and "41.0.1.10.in-addr.arpa" in snap.nodes
+    assert len(snap.nodes[base][RRType.A]) == 99
+    assert len(snap.nodes[f"_sql._tcp.{base}"][RRType.SRV]) == 99
+    assert content(snap) == content(snapshot.build(store.cluster(), Config(), snap.serial))
+
+
+def test_an_srv_owner_goes_when_the_last_ready_endpoint_of_its_slice_does() -> None:
+    # Headless: slice "a" carries the named port, slice "b" has none. When a's only
+    # endpoint turns unready the service still has endpoints, yet _http._tcp must go.
+    store = Store()
+    store.apply(Kind.SERVICE, Service("default", "web", ServiceKind.HEADLESS))
+    store.apply(Kind.ENDPOINT_SLICE, EndpointSlice(
+        "default", "web-a", "web", "IPv4", (Endpoint(("10.1.0.1",), True),),
+        (Port("http", "tcp", 80),)))
+    store.apply(Kind.ENDPOINT_SLICE, EndpointSlice(
+        "default", "web-b", "web", "IPv4", (Endpoint(("10.1.0.2",), True),)))
+    ref = SnapshotRef(unsynced(Config()))
+    store.take_changes()
+    ref.publish_cluster(store.cluster(), Config())
+    srv = "_http._tcp.web.default.svc.cluster.local"
+    assert srv in ref.current.nodes
+    store.apply(Kind.ENDPOINT_SLICE, EndpointSlice(
+        "default", "web-a", "web", "IPv4", (Endpoint(("10.1.0.1",), False),),
+        (Port("http", "tcp", 80),)))
+    snap = ref.publish_changes(deltas(store))
+    assert srv not in snap.nodes
+    assert content(snap) == content(snapshot.build(store.cluster(), Config(), snap.serial))
 
 
 def test_a_reader_holding_an_old_snapshot_sees_it_unchanged_after_later_deltas() -> None:
