@@ -55,10 +55,19 @@ _ZONE_OWNER: Owner = ("", "", "")  # sorts first: apex records lead merged RRset
 _Item = tuple[tuple[str, ...], str, str]  # a ready endpoint: (addresses, hostname, pod name)
 Claims = dict[str, dict["RRType", dict[Any, None]]]  # name -> type -> raw values, in order
 
-# Record types whose raw value is a string wrapped on lookup; the rest store RData.
+
+
+def _srv(raw: tuple[int, int, int, str]) -> records.SRV:
+    return records.SRV(*raw)
+
+
+# Record types whose raw value is wrapped on lookup (a string; for SRV a (priority,
+# weight, port, target) tuple); the rest store RData. Raw values are plain strings and
+# tuples because the cyclic collector stops tracking those: a churning cluster then
+# leaves almost nothing for it to walk (SRV objects made it walk ~200 per change).
 _WRAP: dict[int, Any] = {RRType.A: records.A, RRType.AAAA: records.AAAA,
                          RRType.PTR: records.PTR, RRType.CNAME: records.CNAME,
-                         RRType.NS: records.NS}
+                         RRType.NS: records.NS, RRType.SRV: _srv}
 _RDATA_WRAP: dict[type, RRType] = {records.A: RRType.A, records.AAAA: RRType.AAAA,
                                    records.PTR: RRType.PTR, records.CNAME: RRType.CNAME,
                                    records.NS: RRType.NS}
@@ -156,16 +165,18 @@ def _node(name: str, ttl: int, owner: Owner, sets: Mapping[RRType, Iterable[Any]
         for rtype, values in sets.items():
             items = tuple(values)
             return LazyNode(name, ttl, owner, _ONE_TYPE[rtype],
-                            items[0] if len(items) == 1 else items)
+                            items[0] if len(items) == 1 and rtype != RRType.SRV else items)
     if not sets:
         return LazyNode(name, ttl, owner, (), ())
     types = _types(tuple(sets))
-    packed = [_pack(tuple(v)) for v in sets.values()]
+    packed = [_pack(tuple(v), t) for t, v in sets.items()]
     return LazyNode(name, ttl, owner, types, tuple(packed))
 
 
-def _pack(values: tuple[Any, ...]) -> Any:
-    return values[0] if len(values) == 1 else values
+def _pack(values: tuple[Any, ...], rtype: RRType) -> Any:
+    """One raw value as itself, several as a tuple; SRV values (tuples themselves)
+    always in a tuple."""
+    return values[0] if len(values) == 1 and rtype != RRType.SRV else values
 
 
 def _record_values(recs: Iterable[Record]) -> dict[RRType, dict[Any, None]]:
@@ -177,6 +188,8 @@ def _record_values(recs: Iterable[Record]) -> dict[RRType, dict[Any, None]]:
         raw: Any = data
         if rtype is not None:
             raw = getattr(data, "address", None) or getattr(data, "target", "")
+        elif isinstance(data, records.SRV):
+            rtype, raw = RRType.SRV, (data.priority, data.weight, data.port, data.target)
         else:
             rtype = rec.rtype
         sets.setdefault(rtype, {})[raw] = None
@@ -865,11 +878,10 @@ class Builder:
             for owner, _, _ in srv:
                 per_owner[owner] = per_owner.get(owner, 0) + 1
             for owner, number, target in srv:
-                add(owner, SRV, records.SRV(0, records.srv_weight(per_owner[owner]),
-                                            number, target))
+                add(owner, SRV, (0, records.srv_weight(per_owner[owner]), number, target))
             bare = list(dict.fromkeys((number, target) for _, number, target in srv))
             for number, target in bare:
-                add(base, SRV, records.SRV(0, records.srv_weight(len(bare)), number, target))
+                add(base, SRV, (0, records.srv_weight(len(bare)), number, target))
         if self.reverse:
             base = names.join(svc.name, svc.namespace, "svc", self.domain)
             base = one(base, base)
