@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from clusterdns.objects import Cluster, Namespace
 from clusterdns.source.file import FileSource, LoadResult, SourceError, load_files
@@ -194,3 +197,95 @@ def test_file_source_serves_a_json_dump_and_reloads_it_when_it_changes(
 
     asyncio.run(watch())
     assert [s.name for s in published[0].services] == ["web"]
+
+
+# ----------------------------------------------- a List is read one item at a time
+
+
+ITEM_POOL: list[Any] = [
+    NAMESPACE, service("web", "10.96.0.10"), service("web", "10.96.0.11"),
+    service("bad", "not-an-ip"), endpoint_slice("web", ["10.244.0.5"]),
+    {"metadata": {"name": "kindless", "namespace": "prod"}, "spec": {"clusterIP": "None"}},
+    {"kind": "", "metadata": {"name": "blank", "namespace": "prod"},
+     "spec": {"clusterIP": "10.96.0.12"}},
+    {"kind": "ConfigMap", "metadata": {"name": "c", "namespace": "prod"}},
+    {"kind": 7, "metadata": {"name": "odd"}}, "a string", 5, None, [],
+]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                   HealthCheck.function_scoped_fixture])
+@given(items=st.lists(st.sampled_from(range(len(ITEM_POOL))), max_size=8),
+       kind=st.sampled_from(["List", "ServiceList", "NamespaceList", "Service", None, 3]),
+       extra=st.dictionaries(st.sampled_from(["metadata", "apiVersion", "zz", "aa"]),
+                             st.sampled_from([{}, "v1", [1, {"kind": "x"}], None])),
+       indent=st.sampled_from([None, 0, 2]), items_first=st.booleans())
+def test_a_json_list_read_item_by_item_equals_its_yaml_twin(
+        tmp_path: Path, items: list[int], kind: Any, extra: dict[str, Any],
+        indent: int | None, items_first: bool) -> None:
+    doc: dict[str, Any] = {"items": [ITEM_POOL[i] for i in items]} if items_first else {}
+    doc.update(extra)
+    if kind is not None:
+        doc["kind"] = kind
+    doc.setdefault("items", [ITEM_POOL[i] for i in items])
+    json_path = tmp_path / "dump.json"
+    json_path.write_text(json.dumps(doc, indent=indent), encoding="utf-8")
+    yaml_path = tmp_path / "dump.yaml"
+    yaml_path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    assert same_result_with_path(load_files([json_path]), json_path, yaml_path) == \
+        load_files([yaml_path])
+
+
+@pytest.mark.parametrize("text", [
+    '{"kind": "List", "items": [{"kind": "Namespace", "metadata": {"name": "a"}},]}',
+    '{"kind": "List", "items": [],}',
+    '{"kind": "List", "items": []} {}',
+    '{"kind": "List", "items": [{"kind": "Namespace", "metadata": {"name": "a"}} 1]}',
+    '{"kind": "List", "items": [{"kind": "Namespace"}], "metadata" {}}',
+    '\u000b{"kind": "List", "items": []}',
+])
+def test_json_that_is_almost_a_list_fails_as_json_loads_would(
+        tmp_path: Path, text: str) -> None:
+    path = tmp_path / "dump.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(json.JSONDecodeError) as expected:
+        json.loads(text)
+    with pytest.raises(SourceError) as info:
+        load_files([path])
+    exc = expected.value
+    assert str(info.value) == (f"{path}: not valid JSON at line {exc.lineno}, "
+                               f"column {exc.colno}: {exc.msg}")
+
+
+def test_a_json_list_with_items_twice_takes_the_last_as_json_loads_does(
+        tmp_path: Path) -> None:
+    path = tmp_path / "dump.json"
+    path.write_text('{"kind": "List", "items": [{"kind": "Namespace", "metadata": '
+                    '{"name": "first"}}], "items": [{"kind": "Namespace", "metadata": '
+                    '{"name": "second"}}]}', encoding="utf-8")
+    assert load_files([path]).cluster.namespaces == (Namespace("second"),)
+
+
+def test_a_large_json_list_never_holds_all_its_raw_items_at_once(tmp_path: Path) -> None:
+    # 2,000 slices of 20 endpoints: json.loads of the whole text allocates every raw
+    # dict before the first is converted; the item-by-item read must peak far lower.
+    dump = kubectl_list(*(endpoint_slice(f"s{i}", [f"10.{i // 200}.{i % 200}.{j}"
+                                                   for j in range(20)])
+                          for i in range(2000)))
+    path = write_json(tmp_path / "dump.json", dump)
+    del dump
+    tracemalloc.start()
+    try:
+        path.read_text(encoding="utf-8")  # bytes and text, briefly both
+        reading = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        json.loads(path.read_text(encoding="utf-8"))  # the text, then every raw dict
+        whole = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        result = load_files([path])
+        streamed = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(result.cluster.endpoint_slices) == 2000
+    # beyond reading the file: ~14 MB with json.loads, next to nothing item by item
+    assert streamed - reading < (whole - reading) / 4, (reading, whole, streamed)

@@ -6,7 +6,8 @@ dig offline, reproduce a user's problem from their dump, and run the demo. Each 
 hold several YAML documents, each a single object or a ``kind: List`` (or ``ServiceList``
 and the like) with ``items``. ``-o json`` dumps (a ``.json`` name, or text that starts
 with ``{`` or ``[`` and parses as JSON) are read with the ``json`` module: a 35 MB List at
-10k Services and 100k endpoints takes PyYAML about ten seconds, ``json`` well under one. A
+10k Services and 100k endpoints takes PyYAML about ten seconds, ``json`` well under one;
+a JSON List is decoded one item at a time, so its raw dicts never all exist at once. A
 top-level JSON array counts as one document per element.
 
 A file that cannot be read or parsed fails the whole load (``SourceError``): serving half
@@ -67,13 +68,13 @@ def load_files(paths: Sequence[Path]) -> LoadResult:
     collector = _Collector()
     for path in paths:
         where = str(path)
-        for number, document in enumerate(_parse(path), 1):
+        for number, document in enumerate(_parse(path, collector), 1):
             collector.add_document(f"{where}: document {number}", document)
     return collector.result()
 
 
-def _parse(path: Path) -> list[Any]:
-    """The documents of one file."""
+def _parse(path: Path, collector: _Collector) -> list[Any]:
+    """The documents of one file (a JSON List may go straight into ``collector``)."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
@@ -82,6 +83,8 @@ def _parse(path: Path) -> list[Any]:
         raise SourceError(f"{path}: cannot read: not UTF-8 text (byte {exc.start})") from None
     first = _FIRST_NON_SPACE.search(text)
     if first is None:
+        return []
+    if first.group() == "{" and _stream_json_list(path, text, collector):
         return []
     if path.suffix.lower() == ".json":
         return _parse_json(path, text)
@@ -123,6 +126,88 @@ def _parse_json(path: Path, text: str) -> list[Any]:
     except RecursionError:
         raise SourceError(f"{path}: not valid JSON: nested too deeply") from None
     return value if isinstance(value, list) else [value]
+
+
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _skip(text: str, i: int) -> int:
+    """Past the JSON white space at ``i``."""
+    match = _JSON_SPACE.match(text, i)
+    assert match is not None  # the pattern matches the empty string
+    return match.end()
+
+
+def _stream_json_list(path: Path, text: str, collector: _Collector) -> bool:
+    """Read a JSON ``kind: *List`` object item by item into ``collector``.
+
+    ``json.loads`` of a 35 MB List holds every raw dict at once (~100 MB at 100k
+    endpoints) before the first is converted; decoding one item at a time keeps one.
+    The result is what ``json.loads`` and ``add_document`` would give; anything else
+    (not a List, invalid JSON, a second ``items``) returns False having changed nothing,
+    and the caller parses the whole text as before.
+    """
+    decode = _DECODER.raw_decode
+    part = _Collector()
+    place = f"{path}: document 1"
+    members: dict[str, Any] = {}
+    streamed = False
+    deferred: list[tuple[int, Any]] = []  # items that need the List's kind, and all after
+    try:
+        i = _skip(text, 0)
+        if not text.startswith("{", i):
+            return False
+        i = _skip(text, i + 1)
+        while not text.startswith("}", i):
+            key, i = decode(text, i)
+            i = _skip(text, i)
+            if not isinstance(key, str) or not text.startswith(":", i) or key in members:
+                return False
+            i = _skip(text, i + 1)
+            if key == "items" and text.startswith("[", i) and not streamed:
+                streamed = True
+                i = _skip(text, i + 1)
+                number = 0
+                while not text.startswith("]", i):
+                    item, i = decode(text, i)
+                    number += 1
+                    if not deferred and (not isinstance(item, dict)
+                                         or item.get("kind") not in (None, "")):
+                        part.add_object(f"{place}, item {number}", item, "")
+                    else:
+                        deferred.append((number, item))
+                    i = _skip(text, i)
+                    if text.startswith(",", i):
+                        i = _skip(text, i + 1)
+                        if text.startswith("]", i):  # [1,] is not JSON
+                            return False
+                    elif not text.startswith("]", i):
+                        return False
+                i += 1
+            else:
+                members[key], i = decode(text, i)
+            i = _skip(text, i)
+            if text.startswith(",", i):
+                i = _skip(text, i + 1)
+                if text.startswith("}", i):  # {"a": 1,} is not JSON
+                    return False
+            elif not text.startswith("}", i):
+                return False
+        if _skip(text, i + 1) != len(text):
+            return False
+    except (json.JSONDecodeError, RecursionError):
+        return False
+    kind = members.get("kind")
+    if not streamed or "items" in members or not (isinstance(kind, str)
+                                                  and kind.endswith("List")):
+        return False
+    for number, item in deferred:
+        part.add_object(f"{place}, item {number}", item, kind[: -len("List")])
+    collector.absorb(part)
+    return True
+
+
+_DECODER = json.JSONDecoder()
 
 
 class _Collector:
@@ -181,6 +266,15 @@ class _Collector:
             self.warnings.append(f"{place} ({_identify(kind, raw)}): {exc}")
             return
         self.store(obj)
+
+    def absorb(self, other: _Collector) -> None:
+        """Take in what ``other`` collected, as if it had been added here after the rest."""
+        self.namespaces.update(other.namespaces)
+        self.services.update(other.services)
+        self.endpoint_slices.update(other.endpoint_slices)
+        self.pods.update(other.pods)
+        self.warnings.extend(other.warnings)
+        self.ignored.update(other.ignored)
 
     def store(self, obj: KubeObject) -> None:
         match obj:
