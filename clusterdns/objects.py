@@ -113,6 +113,25 @@ class EndpointSlice:
                 yield ((a if isinstance(a, tuple) else (a,)),
                        hostnames[i] if hostnames else "", pod_names[i] if pod_names else "")
 
+    @property
+    def labels_are_addresses(self) -> bool:
+        """No endpoint has a hostname or a pod name: every DNS label is a dashed IP."""
+        return not self._hostnames and not self._pod_names
+
+    def ready_addresses(self) -> list[str]:
+        """The addresses of the ready endpoints, in order."""
+        addresses, ready = self._addresses, self._ready
+        chosen: Iterable[str | tuple[str, ...]] = addresses
+        if ready != (1 << len(addresses)) - 1:
+            chosen = [a for i, a in enumerate(addresses) if ready >> i & 1]
+        out: list[str] = []
+        for a in chosen:
+            if isinstance(a, tuple):
+                out.extend(a)
+            else:
+                out.append(a)
+        return out
+
     def _key(self) -> tuple[object, ...]:
         return (self.namespace, self.name, self.service, self.address_type, self.ports,
                 self._addresses, self._ready, self._hostnames, self._pod_names)

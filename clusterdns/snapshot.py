@@ -240,15 +240,24 @@ class _CowIndex:
         self.writes = 0  # names set or deleted, ever
         self.weigh = weigh
         self.weight = 0  # sum of weigh(value), when weigh is given
-        self._owned: set[int] = set(range(shard_count))  # shards no snapshot can see
+        self.owned: set[int] = set(range(shard_count))  # shards no snapshot can see
 
     def _writable(self, key: Any) -> dict[Any, Any]:
-        i = hash(key) & self.mask
+        return self.writable_shard(hash(key) & self.mask)
+
+    def writable_shard(self, i: int) -> dict[Any, Any]:
+        """Shard ``i``, copied first if a published snapshot may hold it."""
         shard = self.shards[i]
-        if i not in self._owned:
+        if i not in self.owned:
             shard = self.shards[i] = shard.copy()
-            self._owned.add(i)
+            self.owned.add(i)
         return shard
+
+    def added(self, count: int, weight: int) -> None:
+        """``count`` keys of total ``weight`` were put straight into writable shards."""
+        self.writes += count
+        self.length += count
+        self.weight += weight
 
     def get(self, key: Any) -> Any:
         return self.shards[hash(key) & self.mask].get(key)
@@ -270,7 +279,7 @@ class _CowIndex:
         if self.weigh is not None:
             self.weight += self.weigh(value)
         i = hash(key) & self.mask
-        if i in self._owned:
+        if i in self.owned:
             self.shards[i][key] = value
         else:
             self._writable(key)[key] = value
@@ -285,7 +294,7 @@ class _CowIndex:
                 self.weight -= self.weigh(before)
 
     def freeze(self) -> NameIndex[Any, Any]:
-        self._owned.clear()
+        self.owned.clear()
         return NameIndex(tuple(self.shards), self.length)
 
 
@@ -406,6 +415,9 @@ class Builder:
         self.ttl = config.ttl
         self.forward = tuple(z for z in config.zones if not names.is_reverse_zone(z))
         self.reverse = tuple(z for z in config.zones if names.is_reverse_zone(z))
+        # Whole reverse trees served: every PTR name of that family is in a zone.
+        self.all_v4 = "in-addr.arpa" in self.reverse
+        self.all_v6 = "ip6.arpa" in self.reverse
         self.zones_long_first = tuple(sorted(config.zones, key=len, reverse=True))
         self.zone_set = frozenset(config.zones)
         self.domain = config.cluster_domain
@@ -612,6 +624,10 @@ class Builder:
         a name mapped to ``_KEEP`` (one ``owner`` already claims with records) is not
         even compared.
         """
+        old = self.claimed.pop(owner, None)
+        if old is None:
+            self._claim_fresh(owner, claims)
+            return
         ttl, zones = self.ttl, self.zone_set
         full: list[str] = []
         empty: list[str] = []
@@ -624,31 +640,82 @@ class Builder:
                     break
                 claims[name] = {}
                 empty.append(name)
-        old = self.claimed.pop(owner, None)
-        old_full: set[str] | tuple[()] = ()
-        old_empty: set[str] | tuple[()] = ()
-        if old is not None:
-            old_full, old_empty = set(old[0]), set(old[1])
-            for name in old[0]:
-                if not claims.get(name):
-                    self._drop(owner, name, True)
-            for name in old[1]:
-                if claims.get(name, True):
-                    self._drop(owner, name, False)
+        old_full, old_empty = set(old[0]), set(old[1])
+        for name in old[0]:
+            if not claims.get(name):
+                self._drop(owner, name, True)
+        for name in old[1]:
+            if claims.get(name, True):
+                self._drop(owner, name, False)
         put, node, index, shared = self._put, _node, self.index, self.shared
-        shards, mask = index.shards, index.mask
+        shards, mask, writable = index.shards, index.mask, index.writable_shard
+        added = weight = 0
         for name in full:
+            sets = claims[name]
             if name in old_full:
-                if claims[name] is _KEEP:
-                    continue
-                self._swap(owner, node(name, ttl, owner, claims[name]))
-            elif name in shared or name in shards[hash(name) & mask]:
-                put(node(name, ttl, owner, claims[name]))
+                if sets is not _KEEP:
+                    self._swap(owner, node(name, ttl, owner, sets))
+                continue
+            i = hash(name) & mask
+            if name in shared or name in shards[i]:
+                put(node(name, ttl, owner, sets))
             else:  # a name nobody else holds: the common case, written directly
-                index.set_new(name, node(name, ttl, owner, claims[name]))
+                writable(i)[name] = node(name, ttl, owner, sets)
+                added += 1
+                for values in sets.values():
+                    weight += len(values)
+        index.added(added, weight)
         for name in empty:
             if name not in old_empty:
                 put(LazyNode(name, ttl, owner, (), ()))
+        if full or empty:
+            self.claimed[owner] = (tuple(full), tuple(empty))
+
+    def _claim_fresh(self, owner: Owner, claims: Claims) -> None:
+        """``_claim`` for an owner that claims nothing yet (every owner, in a full
+        build): nothing to compare, so one pass that makes and writes the nodes."""
+        ttl, zones, srv, one_type = self.ttl, self.zone_set, RRType.SRV, _ONE_TYPE
+        index, put = self.index, self._put
+        shards, mask, writable, owned = index.shards, index.mask, index.writable_shard, index.owned
+        full: list[str] = []
+        empty: list[str] = []
+        added = weight = 0
+        for name, sets in list(claims.items()):
+            parent = name
+            while parent not in zones and "." in parent:
+                parent = parent.partition(".")[2]
+                if parent in claims:
+                    break
+                claims[parent] = {}
+                empty.append(parent)
+            if not sets:
+                empty.append(name)
+                continue
+            full.append(name)
+            node: LazyNode | None = None
+            count = 1
+            if len(sets) == 1:  # the common case: one RRset, often of one record
+                for rtype, values in sets.items():
+                    if len(values) == 1 and rtype != srv:
+                        for value in values:
+                            node = LazyNode(name, ttl, owner, one_type[rtype], value)
+                    else:
+                        count = len(values)
+                        node = LazyNode(name, ttl, owner, one_type[rtype], tuple(values))
+            if node is None:
+                node = _node(name, ttl, owner, sets)
+                count = sum(len(values) for values in sets.values())
+            # One probe: a name nobody holds yet (the common case) is written directly;
+            # one somebody holds (a shared name is always in the index) is merged.
+            i = hash(name) & mask
+            if (shards[i] if i in owned else writable(i)).setdefault(name, node) is node:
+                added += 1
+                weight += count
+            else:
+                put(node)
+        index.added(added, weight)
+        for name in empty:
+            put(LazyNode(name, ttl, owner, (), ()))
         if full or empty:
             self.claimed[owner] = (tuple(full), tuple(empty))
 
@@ -781,6 +848,16 @@ class Builder:
             named = kind is ServiceKind.HEADLESS and any(p.name for p in sl.ports)
             if not counted and not named:
                 continue
+            if not named and sl.labels_are_addresses:  # the common case, made quick
+                dotted = sl.address_type == "IPv4"
+                for ip in sl.ready_addresses():
+                    label = ip.replace(".", "-") if dotted else names.dashed_ip(ip)
+                    ips_of = ready.get(label)
+                    if ips_of is None:
+                        ready[label] = {ip: None}
+                    else:
+                        ips_of[ip] = None
+                continue
             by_ip: dict[str, str] = {}
             for addresses, hostname, pod_name in sl.ready_items():
                 for ip in addresses:
@@ -791,7 +868,8 @@ class Builder:
                             ready[label] = {ip: None}
                         else:
                             ips_of[ip] = None
-                    by_ip[ip] = label
+                    if named:
+                        by_ip[ip] = label
             if named:
                 slice_labels.append((sl, list(dict.fromkeys(by_ip.values()))))
         info = _info(kind, len(ready))
@@ -872,6 +950,10 @@ class Builder:
             for label, ips_of in wanted.items():
                 owner = f"{label}.{base}"
                 owner = one(owner, owner)
+                if len(ips_of) == 1 and owner not in claims:  # the common case
+                    for ip in ips_of:
+                        claims[owner] = {AAAA if ":" in ip else A: {ip: None}}
+                    continue
                 for ip in ips_of:
                     add(owner, AAAA if ":" in ip else A, ip)
             per_owner: dict[str, int] = {}
@@ -894,11 +976,16 @@ class Builder:
                 target = f"{label}.{base}"
                 target = one(target, target)
                 ptrs.extend((ip, target) for ip in ips_of if ips is None or ip in ips)
-            reverse = self.reverse
+            reverse, all_v4, all_v6, PTR = self.reverse, self.all_v4, self.all_v6, RRType.PTR
             for ip, target in ptrs:
                 rname = _reverse_name(ip)
-                if any(names.is_subdomain(rname, z) for z in reverse):
-                    add(rname, RRType.PTR, target)
+                if (all_v6 if ":" in ip else all_v4) or any(
+                        names.is_subdomain(rname, z) for z in reverse):
+                    at = claims.get(rname)
+                    if at is None:  # the common case: one PTR at a name
+                        claims[rname] = {PTR: {target: None}}
+                    else:
+                        at.setdefault(PTR, {})[target] = None
         return info, claims, scope
 
 
