@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TextIO
 
 import yaml
 
@@ -75,6 +75,8 @@ def load_files(paths: Sequence[Path]) -> LoadResult:
 
 def _parse(path: Path, collector: _Collector) -> list[Any]:
     """The documents of one file (a JSON List may go straight into ``collector``)."""
+    if _stream_json_list(path, collector):
+        return []
     try:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
@@ -83,8 +85,6 @@ def _parse(path: Path, collector: _Collector) -> list[Any]:
         raise SourceError(f"{path}: cannot read: not UTF-8 text (byte {exc.start})") from None
     first = _FIRST_NON_SPACE.search(text)
     if first is None:
-        return []
-    if first.group() == "{" and _stream_json_list(path, text, collector):
         return []
     if path.suffix.lower() == ".json":
         return _parse_json(path, text)
@@ -138,68 +138,110 @@ def _skip(text: str, i: int) -> int:
     return match.end()
 
 
-def _stream_json_list(path: Path, text: str, collector: _Collector) -> bool:
-    """Read a JSON ``kind: *List`` object item by item into ``collector``.
+class _JsonChunks:
+    """A JSON text read in chunks: what is buffered, and the means to read more."""
 
-    ``json.loads`` of a 35 MB List holds every raw dict at once (~100 MB at 100k
-    endpoints) before the first is converted; decoding one item at a time keeps one.
-    The result is what ``json.loads`` and ``add_document`` would give; anything else
-    (not a List, invalid JSON, a second ``items``) returns False having changed nothing,
-    and the caller parses the whole text as before.
+    CHUNK = 1 << 20
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.text = ""
+        self.i = 0
+        self.ended = False
+
+    def more(self) -> bool:
+        """Read another chunk (dropping what was consumed); False at the end."""
+        if self.ended:
+            return False
+        chunk = self.stream.read(self.CHUNK)
+        if not chunk:
+            self.ended = True
+            return False
+        self.text = self.text[self.i:] + chunk
+        self.i = 0
+        return True
+
+    def peek(self) -> str:
+        """The next character that is not JSON white space ("" at the end)."""
+        while True:
+            self.i = _skip(self.text, self.i)
+            if self.i < len(self.text) or not self.more():
+                return self.text[self.i:self.i + 1]
+
+    def take(self, char: str) -> bool:
+        if self.peek() != char:
+            return False
+        self.i += 1
+        return True
+
+    def value(self) -> Any:
+        """The next JSON value; ``json.JSONDecodeError`` if it is not one."""
+        self.peek()
+        while True:
+            try:
+                value, end = _DECODER.raw_decode(self.text, self.i)
+            except json.JSONDecodeError:
+                if self.more():
+                    continue  # cut off by the end of the chunk, perhaps
+                raise
+            if end == len(self.text) and self.more():
+                continue  # a number may go on in the next chunk
+            self.i = end
+            return value
+
+
+def _stream_json_list(path: Path, collector: _Collector) -> bool:
+    """Read a JSON ``kind: *List`` file item by item into ``collector``.
+
+    ``read_text`` + ``json.loads`` of a 50 MB List holds the bytes, the text and every
+    raw dict at once (~200 MB at 100k endpoints) before the first is converted; this
+    holds a chunk and one item. The result is what ``json.loads`` and ``add_document``
+    would give; anything else (not a List, not JSON, not UTF-8, a second ``items``)
+    returns False having changed nothing, and the caller reads the file as before.
     """
-    decode = _DECODER.raw_decode
     part = _Collector()
     place = f"{path}: document 1"
     members: dict[str, Any] = {}
     streamed = False
     deferred: list[tuple[int, Any]] = []  # items that need the List's kind, and all after
     try:
-        i = _skip(text, 0)
-        if not text.startswith("{", i):
-            return False
-        i = _skip(text, i + 1)
-        while not text.startswith("}", i):
-            key, i = decode(text, i)
-            i = _skip(text, i)
-            if not isinstance(key, str) or not text.startswith(":", i) or key in members:
+        with path.open(encoding="utf-8-sig") as stream:
+            json_text = _JsonChunks(stream)
+            if not json_text.take("{"):
                 return False
-            i = _skip(text, i + 1)
-            if key == "items" and text.startswith("[", i) and not streamed:
-                streamed = True
-                i = _skip(text, i + 1)
-                number = 0
-                while not text.startswith("]", i):
-                    item, i = decode(text, i)
-                    number += 1
-                    if not deferred and (not isinstance(item, dict)
-                                         or item.get("kind") not in (None, "")):
-                        part.add_object(f"{place}, item {number}", item, "")
-                    else:
-                        deferred.append((number, item))
-                    i = _skip(text, i)
-                    if text.startswith(",", i):
-                        i = _skip(text, i + 1)
-                        if text.startswith("]", i):  # [1,] is not JSON
-                            return False
-                    elif not text.startswith("]", i):
-                        return False
-                i += 1
-            else:
-                members[key], i = decode(text, i)
-            i = _skip(text, i)
-            if text.startswith(",", i):
-                i = _skip(text, i + 1)
-                if text.startswith("}", i):  # {"a": 1,} is not JSON
+            closed = json_text.take("}")
+            while not closed:
+                key = json_text.value()
+                if not isinstance(key, str) or not json_text.take(":") or key in members:
                     return False
-            elif not text.startswith("}", i):
-                return False
-        if _skip(text, i + 1) != len(text):
-            return False
-    except (json.JSONDecodeError, RecursionError):
+                if key == "items" and json_text.take("[") and not streamed:
+                    streamed = True
+                    number = 0
+                    ended = json_text.take("]")
+                    while not ended:
+                        item = json_text.value()
+                        number += 1
+                        if not deferred and (not isinstance(item, dict)
+                                             or item.get("kind") not in (None, "")):
+                            part.add_object(f"{place}, item {number}", item, "")
+                        else:
+                            deferred.append((number, item))
+                        ended = json_text.take("]")
+                        if not ended and (not json_text.take(",") or json_text.peek() == "]"):
+                            return False  # [1 2] or [1,] is not JSON
+                elif key == "items" and streamed:
+                    return False
+                else:
+                    members[key] = json_text.value()
+                closed = json_text.take("}")
+                if not closed and (not json_text.take(",") or json_text.peek() == "}"):
+                    return False
+            if json_text.peek():
+                return False  # more after the object
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return False
     kind = members.get("kind")
-    if not streamed or "items" in members or not (isinstance(kind, str)
-                                                  and kind.endswith("List")):
+    if not streamed or not (isinstance(kind, str) and kind.endswith("List")):
         return False
     for number, item in deferred:
         part.add_object(f"{place}, item {number}", item, kind[: -len("List")])
