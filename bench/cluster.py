@@ -10,6 +10,7 @@ their endpoints get names of their own (the churn bench changes those).
 from __future__ import annotations
 
 import json
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -50,8 +51,13 @@ def objects(services: int = 10_000, endpoints: int = 100_000,
 
 
 def write_json_list(path: Path, services: int = 10_000, endpoints: int = 100_000) -> Path:
-    """The cluster as ``kubectl get ... -o json`` prints it: one List."""
-    doc = {"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""},
-           "items": list(objects(services, endpoints))}
-    path.write_text(json.dumps(doc))
+    """The cluster as ``kubectl get ... -A -o json`` prints it: one List, indented by 4,
+    keys in kubectl's order (so ``kind`` comes after ``items``). Written item by item."""
+    with path.open("w") as out:
+        out.write('{\n    "apiVersion": "v1",\n    "items": [')
+        for number, obj in enumerate(objects(services, endpoints)):
+            out.write(("," if number else "") + "\n")
+            out.write(textwrap.indent(json.dumps(obj, indent=4), " " * 8))
+        out.write('\n    ],\n    "kind": "List",\n    "metadata": {\n'
+                  '        "resourceVersion": ""\n    }\n}\n')
     return path

@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.cluster import namespace_of, objects
+from bench.cluster import namespace_of, write_json_list
 from bench.dnsperf_common import free_port, wait_answering
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,17 +177,6 @@ def serve_once(path: Path, last_name: str, log: Path) -> dict[str, float]:
 # -- the whole figure ----------------------------------------------------------------------
 
 
-def write_list(path: Path, services: int, endpoints: int) -> Path:
-    """The cluster as one ``kubectl get -o json`` List (streamed item by item)."""
-    with path.open("w") as out:
-        out.write('{"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, '
-                  '"items": [')
-        for number, obj in enumerate(objects(services, endpoints)):
-            out.write((", " if number else "") + json.dumps(obj))
-        out.write("]}\n")
-    return path
-
-
 def measure(runs: int = 3, services: int = 10_000, endpoints: int = 100_000,
             skip_bytes: bool = False) -> Table:
     print(f"scale: {services} services, {endpoints} endpoints (slices of 100); "
@@ -196,7 +185,7 @@ def measure(runs: int = 3, services: int = 10_000, endpoints: int = 100_000,
     serves: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="clusterdns-scale-") as tmp:
         directory = Path(tmp)
-        full = write_list(directory / "cluster.json", services, endpoints)
+        full = write_json_list(directory / "cluster.json", services, endpoints)
         print(f"cluster.json: {full.stat().st_size / 1e6:.1f} MB", flush=True)
         last = services - 1
         last_name = f"svc-{last}.{namespace_of(last)}.svc.cluster.local"
@@ -213,8 +202,8 @@ def measure(runs: int = 3, services: int = 10_000, endpoints: int = 100_000,
                   f"RSS {s['rss_mb']:.0f} MB when answering", flush=True)
         per_service = per_endpoint = float("nan")
         if not skip_bytes:
-            empty = run_child("bytes", write_list(directory / "empty.json", 0, 0))
-            svcs = run_child("bytes", write_list(directory / "services.json", services, 0))
+            empty = run_child("bytes", write_json_list(directory / "empty.json", 0, 0))
+            svcs = run_child("bytes", write_json_list(directory / "services.json", services, 0))
             everything = run_child("bytes", full)
             if services:
                 per_service = (svcs["bytes"] - empty["bytes"]) / services
