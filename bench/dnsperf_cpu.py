@@ -5,7 +5,10 @@ both servers; each server's CPU time (utime + stime of every thread of the serve
 and of its worker processes, from /proc/<pid>/stat) is read just before and just after
 the dnsperf run and divided by the queries answered. Reported: microseconds of CPU per
 query, the rate actually reached, and clusterdns's ratio to knotd. Acceptance: <= 2.5x;
-no verdict when a server answered under 95% of the rate (it was measured saturated).
+no verdict for a server that answered under 95% of the rate (it was measured saturated,
+not at the rate). One clusterdns worker tops out near 50k q/s on a 2-core machine, so
+``clusterdns --workers 2`` (CPU of the supervisor and both workers) is measured too: it
+is the configuration that serves that rate.
 
 Run: ``.venv/bin/python -m bench.dnsperf_cpu [--runs 3] [--rate 50000] [--pin none|split]``.
 """
@@ -24,7 +27,7 @@ REACHED = 0.95  # share of --rate a server must answer for the figure to count
 
 def measure(args: argparse.Namespace) -> common.Table:
     dnsperf_cpus, _ = common.pin_cpus(args.pin)
-    with common.session(args, workers=None) as (setup, servers, notes):
+    with common.session(args, workers=args.workers or None) as (setup, servers, notes):
         per_query: dict[str, list[float]] = {server.name: [] for server in servers}
         rates: dict[str, list[float]] = {server.name: [] for server in servers}
         for run in range(args.runs):
@@ -42,21 +45,21 @@ def measure(args: argparse.Namespace) -> common.Table:
                       f"{used / answered * 1e6:.2f} us/query, {result.lost} lost", flush=True)
     knot = next((statistics.median(v) for k, v in per_query.items()
                  if k.startswith("knotd")), None)
-    # a server that cannot keep up is measured at saturation, not at the rate: no verdict
-    reached = all(statistics.median(v) >= REACHED * args.rate for v in rates.values())
     rows = []
     for name, values in per_query.items():
         median = statistics.median(values)
         ratio = f"{median / knot:.2f}x" if knot else "-"
-        verdict = ""
-        if name == "clusterdns" and knot:
-            verdict = ("pass" if median / knot <= TARGET else "FAIL") if reached else \
-                "no verdict: rate not reached"
+        # a server that cannot keep up is measured at saturation, not at the rate
         slow = statistics.median(rates[name]) < REACHED * args.rate
+        verdict = ""
+        if name.startswith("clusterdns") and knot:
+            verdict = "no verdict: rate not reached" if slow else \
+                "pass" if median / knot <= TARGET else "FAIL"
         rows.append([name, f"{median * 1e6:.2f}",
                      ", ".join(f"{v * 1e6:.2f}" for v in values),
                      common.median_text(rates[name]) + (" (below target rate)" if slow else ""),
-                     ratio, f"<= {TARGET}x knotd" if name == "clusterdns" else "reference",
+                     ratio, f"<= {TARGET}x knotd" if name.startswith("clusterdns")
+                     else "reference",
                      verdict])
     for note in notes:
         rows.append([note])
@@ -71,6 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=int, default=50_000, help="dnsperf -Q: queries/s")
     parser.add_argument("--clients", type=int, default=8, help="dnsperf -c")
     parser.add_argument("--outstanding", type=int, default=500, help="dnsperf -q")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="also measure clusterdns --workers N (0: do not)")
 
 
 def main_table(runs: int = 3) -> common.Table:
