@@ -114,9 +114,12 @@ class EndpointSlice:
                        hostnames[i] if hostnames else "", pod_names[i] if pod_names else "")
 
     @property
-    def labels_are_addresses(self) -> bool:
-        """No endpoint has a hostname or a pod name: every DNS label is a dashed IP."""
-        return not self._hostnames and not self._pod_names
+    def has_hostnames(self) -> bool:
+        return bool(self._hostnames)
+
+    @property
+    def has_pod_names(self) -> bool:
+        return bool(self._pod_names)
 
     def ready_addresses(self) -> list[str]:
         """The addresses of the ready endpoints, in order."""

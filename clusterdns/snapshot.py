@@ -848,7 +848,8 @@ class Builder:
             named = kind is ServiceKind.HEADLESS and any(p.name for p in sl.ports)
             if not counted and not named:
                 continue
-            if not named and sl.labels_are_addresses:  # the common case, made quick
+            if not named and not sl.has_hostnames and not (use_pod and sl.has_pod_names):
+                # every label is the dashed address: the common case, made quick
                 dotted = sl.address_type == "IPv4"
                 for ip in sl.ready_addresses():
                     label = ip.replace(".", "-") if dotted else names.dashed_ip(ip)
@@ -967,6 +968,7 @@ class Builder:
         if self.reverse:
             base = names.join(svc.name, svc.namespace, "svc", self.domain)
             base = one(base, base)
+            # (address, PTR target) pairs: the ClusterIPs, then every endpoint's
             ptrs: list[tuple[str, str]] = []
             if kind is ServiceKind.CLUSTER_IP:
                 ptrs.extend((ip, base) for ip in svc.cluster_ips)
@@ -975,12 +977,17 @@ class Builder:
                     continue
                 target = f"{label}.{base}"
                 target = one(target, target)
-                ptrs.extend((ip, target) for ip in ips_of if ips is None or ip in ips)
+                for ip in ips_of:
+                    if ips is None or ip in ips:
+                        ptrs.append((ip, target))
             reverse, all_v4, all_v6, PTR = self.reverse, self.all_v4, self.all_v6, RRType.PTR
             for ip, target in ptrs:
-                rname = _reverse_name(ip)
-                if (all_v6 if ":" in ip else all_v4) or any(
-                        names.is_subdomain(rname, z) for z in reverse):
+                if ":" in ip:
+                    rname, whole = names.reverse_name(ip), all_v6
+                else:
+                    a, b, c, d = ip.split(".")
+                    rname, whole = f"{d}.{c}.{b}.{a}.in-addr.arpa", all_v4
+                if whole or any(names.is_subdomain(rname, z) for z in reverse):
                     at = claims.get(rname)
                     if at is None:  # the common case: one PTR at a name
                         claims[rname] = {PTR: {target: None}}
