@@ -379,6 +379,20 @@ def build(cluster: Cluster, config: Config, serial: int) -> Snapshot:
 # --------------------------------------------------------------------------- builder
 
 
+def _add_ancestors(claims: Claims, zones: frozenset[str]) -> list[str]:
+    """Claim, as empty, each name between a claimed name and its zone that is not
+    claimed yet (the empty non-terminals); return those names."""
+    added: list[str] = []
+    for name in list(claims):
+        while name not in zones and "." in name:
+            name = name.partition(".")[2]
+            if name in claims:
+                break
+            claims[name] = {}
+            added.append(name)
+    return added
+
+
 # Stands for "this owner's records at this name are unchanged" in the claims handed to
 # ``Builder._claim`` (truthy, like a name with records; compared by identity).
 _KEEP: dict[RRType, dict[Any, None]] = {RRType.A: {}}
@@ -633,13 +647,7 @@ class Builder:
         empty: list[str] = []
         for name, sets in claims.items():
             (full if sets else empty).append(name)
-        for name in list(claims):
-            while name not in zones and "." in name:
-                name = name.partition(".")[2]
-                if name in claims:
-                    break
-                claims[name] = {}
-                empty.append(name)
+        empty.extend(_add_ancestors(claims, zones))
         old_full, old_empty = set(old[0]), set(old[1])
         for name in old[0]:
             if not claims.get(name):
@@ -680,14 +688,8 @@ class Builder:
         full: list[str] = []
         empty: list[str] = []
         added = weight = 0
-        for name, sets in list(claims.items()):
-            parent = name
-            while parent not in zones and "." in parent:
-                parent = parent.partition(".")[2]
-                if parent in claims:
-                    break
-                claims[parent] = {}
-                empty.append(parent)
+        _add_ancestors(claims, zones)
+        for name, sets in claims.items():
             if not sets:
                 empty.append(name)
                 continue
