@@ -105,6 +105,16 @@ def run_module(name: str, runs: int, timeout: float) -> tuple[list[Table], float
         return [(name, ["result"], [[f"unreadable result: {exc}"]])], elapsed
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """(all, stolen) CPU ticks of the machine so far, from /proc/stat."""
+    try:
+        fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    steal = fields[7] if len(fields) > 7 else 0
+    return sum(fields[:8]), steal
+
+
 def _version(package: str) -> str:
     try:
         return metadata.version(package)
@@ -179,9 +189,15 @@ def main() -> None:
     sections = []
     for name in names:
         print(f"== bench.{name}", flush=True)
+        total_before, steal_before = cpu_ticks()
         tables, elapsed = run_module(name, args.runs, args.timeout)
+        total_after, steal_after = cpu_ticks()
+        # A VM's neighbours take CPU from it ("steal"); the figures mean less when they do.
+        ticks = total_after - total_before
+        stolen = f", {(steal_after - steal_before) / ticks:.1%} of CPU stolen" if ticks else ""
         for title, header, rows in tables:
-            sections.append(markdown(f"{title} ({name}, {elapsed:.0f} s)", header, rows))
+            sections.append(markdown(f"{title} ({name}, {elapsed:.0f} s{stolen})",
+                                     header, rows))
     report = [
         f"## clusterdns benchmarks, {started:%Y-%m-%d %H:%M} UTC",
         "",

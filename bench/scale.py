@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import statistics
 import subprocess
@@ -38,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cluster import namespace_of, write_json_list
-from bench.dnsperf_common import free_port, wait_answering
+from bench.dnsperf_common import free_port, machine_load, wait_answering
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_TARGET_S = 2.0
@@ -58,11 +57,6 @@ def status_mb(pid: int | str, field: str) -> float:
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def machine_load() -> str:
-    one, five, _ = os.getloadavg()
-    return f"load average {one:.2f} / {five:.2f} (1 / 5 min) on {os.cpu_count()} CPUs"
 
 
 def serve_command(source: str, port: int, metrics_port: int | None = None,
