@@ -67,11 +67,10 @@ import dns.rdatatype
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.cluster import namespace_of, objects
-from bench.dnsperf_common import free_port, wait_answering
+from bench.dnsperf_common import free_port, machine_load, wait_answering
 from bench.scale import (
     ROOT,
     Table,
-    machine_load,
     markdown,
     serve_command,
     status_mb,
