@@ -97,7 +97,10 @@ def forwarding(make_server: ServerFactory, *upstream_addresses: str,
 
 class ManualClock:
     def __init__(self) -> None:
-        self.now = time.monotonic()
+        # A whole number of seconds: (now + 100) - now is then exactly 100, where from
+        # an arbitrary monotonic reading it can come out as 99.99999999999 and the
+        # forwarder's whole-second age (and so the TTL asserted) would be one off.
+        self.now = float(int(time.monotonic()))
 
     def __call__(self) -> float:
         return self.now
