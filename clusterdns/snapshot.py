@@ -986,12 +986,9 @@ class Builder:
                         ptrs.append((ip, target))
             reverse, all_v4, all_v6, PTR = self.reverse, self.all_v4, self.all_v6, RRType.PTR
             for ip, target in ptrs:
-                if ":" in ip:
-                    rname, whole = names.reverse_name(ip), all_v6
-                else:
-                    a, b, c, d = ip.split(".")
-                    rname, whole = f"{d}.{c}.{b}.{a}.in-addr.arpa", all_v4
-                if whole or any(names.is_subdomain(rname, z) for z in reverse):
+                rname = _reverse_name(ip)
+                if (all_v6 if ":" in ip else all_v4) or any(
+                        names.is_subdomain(rname, z) for z in reverse):
                     at = claims.get(rname)
                     if at is None:  # the common case: one PTR at a name
                         claims[rname] = {PTR: {target: None}}
@@ -1049,13 +1046,8 @@ class SnapshotRef:
             finally:
                 if paused:
                     gc.enable()
-            self._builder = builder
             self.full_builds += 1
-            self.last_replaced = builder.replaced
-            self.last_examined = builder.examined
-            self._serial = snap.serial
-            self.current = snap
-            return snap
+            return self._published(builder, snap)
 
     def publish_changes(
         self, changes: Iterable[tuple[type[KubeObject], Key, KubeObject | None]],
@@ -1072,10 +1064,14 @@ class SnapshotRef:
                 else:
                     builder.apply(obj)
             snap = builder.publish(self._serial + 1)
-            self._builder = builder
             self.delta_builds += 1
-            self.last_replaced = builder.replaced
-            self.last_examined = builder.examined
-            self._serial = snap.serial
-            self.current = snap
-            return snap
+            return self._published(builder, snap)
+
+    def _published(self, builder: Builder, snap: Snapshot) -> Snapshot:
+        """``builder`` made ``snap``: keep the builder for the next deltas, swap it in."""
+        self._builder = builder
+        self.last_replaced = builder.replaced
+        self.last_examined = builder.examined
+        self._serial = snap.serial
+        self.current = snap
+        return snap
