@@ -427,8 +427,17 @@ PIN_HELP = ("CPU pinning with taskset: 'none' (default) lets the kernel place dn
             "server on CPU 1 (one core each: a same-budget comparison of one worker)")
 
 
-def add_arguments(parser: argparse.ArgumentParser, seconds: float = 10.0) -> None:
+def add_arguments(parser: argparse.ArgumentParser, *, clients: int, outstanding: int,
+                  rate: int | None = None, seconds: float = 10.0) -> None:
+    """The options every dnsperf script takes; ``rate`` adds ``--rate`` (dnsperf -Q)."""
     parser.add_argument("--runs", type=int, default=3, help="runs per server (medians)")
+    parser.add_argument("--clients", type=int, default=clients,
+                        help="dnsperf -c: client sockets (several, so SO_REUSEPORT can "
+                             "spread them over workers)")
+    parser.add_argument("--outstanding", type=int, default=outstanding,
+                        help="dnsperf -q: queries in flight")
+    if rate is not None:
+        parser.add_argument("--rate", type=int, default=rate, help="dnsperf -Q: queries/s")
     parser.add_argument("--seconds", type=float, default=seconds,
                         help=f"dnsperf -l per run (default {seconds:g})")
     parser.add_argument("--pin", choices=("none", "split"), default="none", help=PIN_HELP)

@@ -70,10 +70,7 @@ def measure(args: argparse.Namespace) -> common.Table:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    common.add_arguments(parser)
-    parser.add_argument("--rate", type=int, default=50_000, help="dnsperf -Q: queries/s")
-    parser.add_argument("--clients", type=int, default=8, help="dnsperf -c")
-    parser.add_argument("--outstanding", type=int, default=500, help="dnsperf -q")
+    common.add_arguments(parser, clients=8, outstanding=500, rate=50_000)
     parser.add_argument("--workers", type=int, default=2,
                         help="also measure clusterdns --workers N (0: do not)")
 

@@ -73,10 +73,7 @@ def measure(args: argparse.Namespace) -> common.Table:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    common.add_arguments(parser)
-    parser.add_argument("--rate", type=int, default=20_000, help="dnsperf -Q: queries/s")
-    parser.add_argument("--clients", type=int, default=4, help="dnsperf -c")
-    parser.add_argument("--outstanding", type=int, default=200, help="dnsperf -q")
+    common.add_arguments(parser, clients=4, outstanding=200, rate=20_000)
 
 
 def main_table(runs: int = 3) -> common.Table:

@@ -55,12 +55,7 @@ def measure(args: argparse.Namespace) -> common.Table:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    common.add_arguments(parser)
-    parser.add_argument("--clients", type=int, default=8,
-                        help="dnsperf -c: client sockets (several, so SO_REUSEPORT can "
-                             "spread them over workers)")
-    parser.add_argument("--outstanding", type=int, default=500,
-                        help="dnsperf -q: queries in flight")
+    common.add_arguments(parser, clients=8, outstanding=500)
     parser.add_argument("--threads", type=int, default=1, help="dnsperf -T")
 
 
