@@ -17,7 +17,7 @@ import logging
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from clusterdns import __version__, config, corefile, snapshot
 from clusterdns.config import Config, ConfigError
@@ -225,7 +225,10 @@ def coredns_argv(argv: Sequence[str]) -> list[str]:
     return argv
 
 
-def _run(main: Coroutine[Any, Any, int]) -> int:
+_T = TypeVar("_T")
+
+
+def _run(main: Coroutine[Any, Any, _T]) -> _T:
     """Run on uvloop when it is installed, on plain asyncio otherwise."""
     try:
         import uvloop

@@ -7,6 +7,7 @@ names the file and the key, flags override the config file.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -27,7 +28,7 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from clusterdns import __version__, config
+from clusterdns import __version__, cli, config
 from conftest import ROOT, RunningServer, free_port
 
 DEMO_CONFIG = ROOT / "config" / "demo.yaml"
@@ -341,3 +342,24 @@ def test_python_m_clusterdns_version_prints_the_version() -> None:
     result = run("--version")
     assert result.returncode == 0
     assert result.stdout.strip() == f"clusterdns {__version__}"
+
+
+# ------------------------------------------------------------------- the event loop
+
+
+async def _loop_class() -> type:
+    return type(asyncio.get_running_loop())
+
+
+def test_the_server_runs_on_uvloop_when_it_is_installed() -> None:
+    # issue 5 item 2: uvloop is a dependency on Linux, and cli runs every command on it
+    uvloop = pytest.importorskip("uvloop")
+    assert cli._run(_loop_class()) is uvloop.Loop
+
+
+def test_without_uvloop_the_server_runs_on_plain_asyncio(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # `import uvloop` now fails
+    loop_class = cli._run(_loop_class())
+    assert issubclass(loop_class, asyncio.BaseEventLoop)
+    assert loop_class.__module__.startswith("asyncio.")
