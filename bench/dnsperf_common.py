@@ -365,10 +365,18 @@ def dnsperf(port: int, queries: Path, seconds: float, clients: int = 1, outstand
         cmd += ["-Q", str(rate)]
     if verbose:
         cmd.append("-v")
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    # dnsperf writes its report (with -v, one line per answered query: ~16 MB per 10 s at
+    # 20k q/s) to a file, not a pipe: read through a pipe, dnsperf stalls whenever the
+    # pipe is full and this process has not drained it yet, and the answers that arrive
+    # meanwhile are timed late -- the harness's own delay would count as the server's.
+    with tempfile.TemporaryFile() as report:
+        done = subprocess.run(cmd, stdout=report, stderr=subprocess.PIPE, text=True,
+                              check=False)
+        report.seek(0)
+        out = report.read().decode()
     if done.returncode != 0:
         raise SystemExit(f"dnsperf failed ({done.returncode}): {done.stderr[-2000:]}")
-    return parse_dnsperf(done.stdout, verbose)
+    return parse_dnsperf(out, verbose)
 
 
 def parse_dnsperf(out: str, verbose: bool = False) -> DnsperfResult:
