@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import gc
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -386,6 +386,8 @@ def _add_ancestors(claims: Claims, zones: frozenset[str]) -> list[str]:
     claimed yet (the empty non-terminals); return those names."""
     added: list[str] = []
     for name in list(claims):
+        if name.partition(".")[2] in claims:
+            continue  # the common case: the parent is claimed (its own turn comes)
         while name not in zones and "." in name:
             name = name.partition(".")[2]
             if name in claims:
@@ -607,7 +609,15 @@ class Builder:
                 continue
             slices = self.slices_by_svc.get(key)
             ordered = [slices[n] for n in sorted(slices)] if slices else []
-            touched = self._touched.get(key) if owner in self.claimed else None
+            if owner not in self.claimed:  # a new service, or every one in a full build
+                lone: list[tuple[str, str]] = []
+                info, claims, _ = self._service_claims(svc, ordered, None, lone)
+                self.examined += len(claims) + len(lone)
+                if self.infos.get(key) is not info:
+                    self.infos.set(key, info)
+                self._claim_fresh(owner, claims, lone)
+                continue
+            touched = self._touched.get(key)
             info, claims, scope = self._service_claims(svc, ordered, touched)
             self.examined += len(claims)
             if scope is not None:  # the names outside the scope stay as they are
@@ -675,15 +685,22 @@ class Builder:
                 for values in sets.values():
                     weight += len(values)
         index.added(added, weight)
+        hold = self._hold_empty
         for name in empty:
             if name not in old_empty:
-                put(LazyNode(name, ttl, owner, (), ()))
+                hold(name, owner)
         if full or empty:
             self.claimed[owner] = (tuple(full), tuple(empty))
 
-    def _claim_fresh(self, owner: Owner, claims: Claims) -> None:
+    def _claim_fresh(self, owner: Owner, claims: Claims,
+                     lone: Sequence[tuple[str, str]] = ()) -> None:
         """``_claim`` for an owner that claims nothing yet (every owner, in a full
-        build): nothing to compare, so one pass that makes and writes the nodes."""
+        build): nothing to compare, so one pass that makes and writes the nodes.
+
+        ``lone`` are (reverse name, PTR target) pairs, each name distinct and not in
+        ``claims``: one PTR per name, written without a claims entry of its own (half of
+        a full build's names; see ``_service_claims``).
+        """
         ttl, zones, srv, one_type = self.ttl, self.zone_set, RRType.SRV, _ONE_TYPE
         index, put = self.index, self._put
         shards, mask, writable, owned = index.shards, index.mask, index.writable_shard, index.owned
@@ -717,11 +734,39 @@ class Builder:
                 weight += count
             else:
                 put(node)
+        if lone:
+            ptr, above = one_type[RRType.PTR], dict[str, None]()
+            for name, target in lone:
+                full.append(name)
+                node = LazyNode(name, ttl, owner, ptr, target)
+                i = hash(name) & mask
+                if (shards[i] if i in owned else writable(i)).setdefault(name, node) is node:
+                    added += 1
+                    weight += 1
+                else:
+                    put(node)
+                while name not in zones and "." in name:  # its empty non-terminals
+                    name = name.partition(".")[2]
+                    if name in above or name in claims:
+                        break
+                    above[name] = None
+            empty.extend(above)
         index.added(added, weight)
+        hold = self._hold_empty
         for name in empty:
-            put(LazyNode(name, ttl, owner, (), ()))
+            hold(name, owner)
         if full or empty:
             self.claimed[owner] = (tuple(full), tuple(empty))
+
+    def _hold_empty(self, name: str, owner: Owner) -> None:
+        """``owner`` claims ``name`` as an empty non-terminal."""
+        shared = self.shared.get(name)
+        if shared is not None and not shared.claims:
+            # An empty name others hold already (``svc.<zone>``, a namespace, a reverse
+            # prefix: one per service in a full build): one more holder, nothing to index.
+            shared.empty += 1
+        else:
+            self._put(LazyNode(name, self.ttl, owner, (), ()))
 
     def _withdraw(self, owner: Owner) -> None:
         """Remove every name ``owner`` claimed (no-op if it claimed none)."""
@@ -829,6 +874,7 @@ class Builder:
 
     def _service_claims(
         self, svc: Service, slices: list[EndpointSlice], touched: set[_Item] | None = None,
+        lone: list[tuple[str, str]] | None = None,
     ) -> tuple[ServiceInfo, Claims, set[str] | None]:
         """SPEC §S2.2-S2.7 for one service; the same rules as ``records.service_records``
         and ``records.ptr_records``, written for speed: raw values, no ``Record``s.
@@ -839,6 +885,9 @@ class Builder:
         every name those could have held, before or now. Outside the scope the service's
         last claims stand. Without ``touched`` (or when the service has no ready
         endpoints left) everything is computed and the scope is None.
+
+        With ``lone`` (for ``_claim_fresh``), PTRs go there as (name, target) pairs
+        instead of into the claims when no two of the service's addresses share a name.
         """
         use_pod, kind = self.use_pod_names, svc.kind
         label_of = records.endpoint_label
@@ -985,10 +1034,19 @@ class Builder:
                     if ips is None or ip in ips:
                         ptrs.append((ip, target))
             reverse, all_v4, all_v6, PTR = self.reverse, self.all_v4, self.all_v6, RRType.PTR
+            if lone is not None and len({ip for ip, _ in ptrs}) < len(ptrs):
+                lone = None  # an address under two labels: two PTRs at one name, merged
             for ip, target in ptrs:
-                rname = _reverse_name(ip)
+                if ":" in ip:
+                    rname = names.reverse_name(ip)
+                else:  # ``_reverse_name`` inline: one call less per endpoint
+                    a, b, c, d = ip.split(".")
+                    rname = f"{d}.{c}.{b}.{a}.in-addr.arpa"
                 if (all_v6 if ":" in ip else all_v4) or any(
                         names.is_subdomain(rname, z) for z in reverse):
+                    if lone is not None:
+                        lone.append((rname, target))
+                        continue
                     at = claims.get(rname)
                     if at is None:  # the common case: one PTR at a name
                         claims[rname] = {PTR: {target: None}}
