@@ -610,7 +610,7 @@ class Builder:
             slices = self.slices_by_svc.get(key)
             ordered = [slices[n] for n in sorted(slices)] if slices else []
             if owner not in self.claimed:  # a new service, or every one in a full build
-                lone: list[tuple[str, str]] = []
+                lone: list[tuple[str, RRType, Any]] = []
                 info, claims, _ = self._service_claims(svc, ordered, None, lone)
                 self.examined += len(claims) + len(lone)
                 if self.infos.get(key) is not info:
@@ -693,13 +693,14 @@ class Builder:
             self.claimed[owner] = (tuple(full), tuple(empty))
 
     def _claim_fresh(self, owner: Owner, claims: Claims,
-                     lone: Sequence[tuple[str, str]] = ()) -> None:
+                     lone: Sequence[tuple[str, RRType, Any]] = ()) -> None:
         """``_claim`` for an owner that claims nothing yet (every owner, in a full
         build): nothing to compare, so one pass that makes and writes the nodes.
 
-        ``lone`` are (reverse name, PTR target) pairs, each name distinct and not in
-        ``claims``: one PTR per name, written without a claims entry of its own (half of
-        a full build's names; see ``_service_claims``).
+        ``lone`` are (name, type, value) triples, each name distinct and not in
+        ``claims``: names of one record (an endpoint's name, a PTR), written without a
+        claims entry of their own (most of a full build's names; see
+        ``_service_claims``).
         """
         ttl, zones, srv, one_type = self.ttl, self.zone_set, RRType.SRV, _ONE_TYPE
         index, put = self.index, self._put
@@ -735,10 +736,10 @@ class Builder:
             else:
                 put(node)
         if lone:
-            ptr, above = one_type[RRType.PTR], dict[str, None]()
-            for name, target in lone:
+            above = dict[str, None]()
+            for name, rtype, value in lone:
                 full.append(name)
-                node = LazyNode(name, ttl, owner, ptr, target)
+                node = LazyNode(name, ttl, owner, one_type[rtype], value)
                 i = hash(name) & mask
                 if (shards[i] if i in owned else writable(i)).setdefault(name, node) is node:
                     added += 1
@@ -874,7 +875,7 @@ class Builder:
 
     def _service_claims(
         self, svc: Service, slices: list[EndpointSlice], touched: set[_Item] | None = None,
-        lone: list[tuple[str, str]] | None = None,
+        lone: list[tuple[str, RRType, Any]] | None = None,
     ) -> tuple[ServiceInfo, Claims, set[str] | None]:
         """SPEC §S2.2-S2.7 for one service; the same rules as ``records.service_records``
         and ``records.ptr_records``, written for speed: raw values, no ``Record``s.
@@ -886,8 +887,9 @@ class Builder:
         last claims stand. Without ``touched`` (or when the service has no ready
         endpoints left) everything is computed and the scope is None.
 
-        With ``lone`` (for ``_claim_fresh``), PTRs go there as (name, target) pairs
-        instead of into the claims when no two of the service's addresses share a name.
+        With ``lone`` (for ``_claim_fresh``), the names of one record go there as (name,
+        type, value) instead of into the claims: an endpoint's name with one address,
+        and the PTRs when no two of the service's addresses share a name.
         """
         use_pod, kind = self.use_pod_names, svc.kind
         label_of = records.endpoint_label
@@ -1006,7 +1008,10 @@ class Builder:
                 owner = one(owner, owner)
                 if len(ips_of) == 1 and owner not in claims:  # the common case
                     for ip in ips_of:
-                        claims[owner] = {AAAA if ":" in ip else A: {ip: None}}
+                        if lone is None:
+                            claims[owner] = {AAAA if ":" in ip else A: {ip: None}}
+                        else:  # no other name of the service can be this one
+                            lone.append((owner, AAAA if ":" in ip else A, ip))
                     continue
                 for ip in ips_of:
                     add(owner, AAAA if ":" in ip else A, ip)
@@ -1034,8 +1039,9 @@ class Builder:
                     if ips is None or ip in ips:
                         ptrs.append((ip, target))
             reverse, all_v4, all_v6, PTR = self.reverse, self.all_v4, self.all_v6, RRType.PTR
-            if lone is not None and len({ip for ip, _ in ptrs}) < len(ptrs):
-                lone = None  # an address under two labels: two PTRs at one name, merged
+            # An address under two labels means two PTRs at one name: merged in claims.
+            lone_ptrs = lone if lone is not None and len(
+                {ip for ip, _ in ptrs}) == len(ptrs) else None
             for ip, target in ptrs:
                 if ":" in ip:
                     rname = names.reverse_name(ip)
@@ -1044,8 +1050,8 @@ class Builder:
                     rname = f"{d}.{c}.{b}.{a}.in-addr.arpa"
                 if (all_v6 if ":" in ip else all_v4) or any(
                         names.is_subdomain(rname, z) for z in reverse):
-                    if lone is not None:
-                        lone.append((rname, target))
+                    if lone_ptrs is not None:
+                        lone_ptrs.append((rname, PTR, target))
                         continue
                     at = claims.get(rname)
                     if at is None:  # the common case: one PTR at a name
