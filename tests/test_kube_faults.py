@@ -26,6 +26,7 @@ import socket
 import struct
 import threading
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -505,20 +506,24 @@ class _WatchResponse:
         pass
 
 
-class _ServicesApi:
+class _ServicesClient:
+    """Stands in for the kubernetes ``ApiClient``: every request is the watch."""
+
     def __init__(self, content: _LineThenSilence) -> None:
         self.content = content
 
-    async def list_service_for_all_namespaces_without_preload_content(
-            self, **params: Any) -> _WatchResponse:
-        assert params.get("watch") is True
-        return _WatchResponse(self.content)
+    async def param_serialize(self, **params: Any) -> tuple[Any, ...]:
+        assert ("watch", True) in params["query_params"]
+        return ("GET", "/api/v1/services", {}, None, [])
+
+    async def call_api(self, *request: Any, _request_timeout: float) -> Any:
+        return types.SimpleNamespace(response=_WatchResponse(self.content))
 
 
 class _StubbedKubeSource(KubeSource):
-    stub: _ServicesApi
+    stub: _ServicesClient
 
-    def api(self, which: str) -> Any:
+    def client(self) -> Any:
         return self.stub
 
 
@@ -526,7 +531,7 @@ async def test_a_reflector_cancelled_as_a_watch_line_arrives_stops_instead_of_wa
         ) -> None:
     body = _LineThenSilence()
     source = _StubbedKubeSource(demo_config(source=SourceSpec("kubernetes")), tuning=FAST)
-    source.stub = _ServicesApi(body)
+    source.stub = _ServicesClient(body)
     reflector = next(r for r in source.reflectors if r.resource.plural == "services")
     reflector.rv = "7"  # synced before: straight to the watch
     task = asyncio.create_task(reflector.run(), name=reflector.name)

@@ -52,9 +52,12 @@ class Resource:
     kind: Kind
     plural: str
     group: str  # "" for the core group
-    api: str  # "core" or "discovery"
-    list_all: str  # client method for every namespace (or the cluster-scoped list)
-    list_namespaced: str  # client method for one namespace ("" when cluster-scoped)
+
+    def path(self, namespace: str) -> str:
+        """The collection's API path, with a ``{namespace}`` parameter when namespaced."""
+        prefix = f"/apis/{self.group}/v1" if self.group else "/api/v1"
+        scope = "/namespaces/{namespace}" if namespace else ""
+        return f"{prefix}{scope}/{self.plural}"
 
     def rbac_rule(self) -> str:
         group = f'"{self.group}"' if self.group else '""'
@@ -63,15 +66,17 @@ class Resource:
 
 
 RESOURCES = {
-    Kind.NAMESPACE: Resource(Kind.NAMESPACE, "namespaces", "", "core", "list_namespace", ""),
-    Kind.SERVICE: Resource(Kind.SERVICE, "services", "", "core",
-                           "list_service_for_all_namespaces", "list_namespaced_service"),
-    Kind.ENDPOINT_SLICE: Resource(
-        Kind.ENDPOINT_SLICE, "endpointslices", "discovery.k8s.io", "discovery",
-        "list_endpoint_slice_for_all_namespaces", "list_namespaced_endpoint_slice"),
-    Kind.POD: Resource(Kind.POD, "pods", "", "core",
-                       "list_pod_for_all_namespaces", "list_namespaced_pod"),
+    Kind.NAMESPACE: Resource(Kind.NAMESPACE, "namespaces", ""),
+    Kind.SERVICE: Resource(Kind.SERVICE, "services", ""),
+    Kind.ENDPOINT_SLICE: Resource(Kind.ENDPOINT_SLICE, "endpointslices", "discovery.k8s.io"),
+    Kind.POD: Resource(Kind.POD, "pods", ""),
 }
+
+# List/watch options as the API server spells them in the query string.
+_QUERY_NAMES = {"limit": "limit", "cont": "continue", "label_selector": "labelSelector",
+                "watch": "watch", "resource_version": "resourceVersion",
+                "allow_watch_bookmarks": "allowWatchBookmarks",
+                "timeout_seconds": "timeoutSeconds"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,14 +199,24 @@ class Reflector:
         self.backoff = Backoff(source.tuning, source.clock, source.rng)
         self._forbidden_logged = False
 
-    def _call(self, api: Any, **params: Any) -> Awaitable[Any]:
-        method = self.resource.list_namespaced if self.namespace else self.resource.list_all
-        fn = getattr(api, f"{method}_without_preload_content")
+    async def _call(self, request_timeout: float, **params: Any) -> Any:
+        """GET the collection with ``params`` (``_QUERY_NAMES``); the raw response.
+
+        Through the kubernetes client's ``ApiClient`` (its configuration, auth and HTTP
+        session), not its generated ``CoreV1Api``/``DiscoveryV1Api``: those import a
+        model class for every object of their API group (~250 modules, ~25 MB RSS),
+        and clusterdns reads the JSON itself.
+        """
         if self.resource.kind is Kind.SERVICE and self.source.config.labels:
             params["label_selector"] = self.source.config.labels
-        if self.namespace:
-            return fn(self.namespace, **params)  # type: ignore[no-any-return]
-        return fn(**params)  # type: ignore[no-any-return]
+        client = self.source.client()
+        request = await client.param_serialize(
+            method="GET", resource_path=self.resource.path(self.namespace),
+            path_params={"namespace": self.namespace} if self.namespace else None,
+            query_params=[(_QUERY_NAMES[k], v) for k, v in params.items()],
+            header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
+        response = await client.call_api(*request, _request_timeout=request_timeout)
+        return response.response  # the aiohttp response, body unread
 
     async def run(self) -> None:
         while True:
@@ -236,9 +251,9 @@ class Reflector:
         level = logging.WARNING if self.backoff.failures < 3 else logging.DEBUG
         log.log(level, "%s: %s; backing off", self.name, exc)
 
-    async def _request(self, **params: Any) -> Any:
+    async def _request(self, request_timeout: float, **params: Any) -> Any:
         """One API request; its (aiohttp) response when the status is 200."""
-        resp = await self._call(self.source.api(self.resource.api), **params)
+        resp = await self._call(request_timeout, **params)
         if resp.status == 200:
             return resp
         body = await resp.read()
@@ -258,11 +273,11 @@ class Reflector:
         if self.resource.kind is Kind.ENDPOINT_SLICE:
             limit = min(limit, t.slice_page_size)
         while True:
-            params: dict[str, Any] = {"limit": limit, "_request_timeout": t.request_timeout}
+            params: dict[str, Any] = {"limit": limit}
             if cont:
-                params["_continue"] = cont
+                params["cont"] = cont
             try:
-                response = await self._request(**params)
+                response = await self._request(t.request_timeout, **params)
             except Gone:
                 if not cont:
                     raise
@@ -304,8 +319,8 @@ class Reflector:
         t = self.source.tuning
         timeout = t.watch_timeout * (0.8 + 0.4 * self.source.rng())
         response = await self._request(
-            watch=True, resource_version=self.rv, allow_watch_bookmarks=True,
-            timeout_seconds=max(1, int(timeout)), _request_timeout=timeout + 30)
+            timeout + 30, watch=True, resource_version=self.rv, allow_watch_bookmarks=True,
+            timeout_seconds=max(1, int(timeout)))
         self.backoff.reset()
         self.last_contact = self.source.clock()
         try:
@@ -377,7 +392,6 @@ class KubeSource:
         self.synced = False
         self._changed: Callable[[], None] = lambda: None
         self._client: Any = None
-        self._apis: dict[str, Any] = {}
         self._started = self.clock()
 
     def watches(self) -> list[tuple[Kind, str]]:
@@ -404,8 +418,11 @@ class KubeSource:
             return None
         return self.clock() - min(c for c in contacts if c is not None)
 
-    def api(self, which: str) -> Any:
-        return self._apis[which]
+    def client(self) -> Any:
+        """The kubernetes client's ``ApiClient`` (after ``connect``)."""
+        if self._client is None:
+            raise KubeSourceError("not connected to the API server")
+        return self._client
 
     def cluster(self) -> Cluster:
         cluster = self.store.cluster()
@@ -458,8 +475,6 @@ class KubeSource:
             where = f"kubeconfig {path}" if path else "in-cluster config"
             raise KubeSourceError(f"cannot load {where}: {exc}") from None
         self._client = kclient.ApiClient(configuration=configuration)
-        self._apis = {"core": kclient.CoreV1Api(self._client),
-                      "discovery": kclient.DiscoveryV1Api(self._client)}
 
     async def close(self) -> None:
         if self._client is not None:
