@@ -17,7 +17,6 @@ import gc
 import logging
 import signal
 import time
-from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -111,9 +110,6 @@ class App:
         self._stopped = asyncio.Event()
         self.failure: str | None = None
         self.draining = False  # SIGTERM received: /ready fails, queries still answered
-        # Seconds from an event reaching us (or from its trigger time) to publication.
-        self.programming_latency: deque[float] = deque(maxlen=10_000)
-        self.trigger_latency: deque[float] = deque(maxlen=10_000)
 
     # ----------------------------------------------------------------- publication
 
@@ -199,10 +195,7 @@ class App:
             pending = self.kube.take_pending() if self.kube is not None else []
             snap = await asyncio.to_thread(self._next_publish())
             now, wall = time.monotonic(), time.time()
-            self.programming_latency.extend(now - p.received for p in pending)
-            self.trigger_latency.extend(wall - p.triggered for p in pending
-                                        if p.triggered is not None)
-            for p in pending:
+            for p in pending:  # seconds from receipt (and from trigger time) to publication
                 self.latency.programming.observe(now - p.received)
                 info = snap.services.get(p.service) if p.service is not None else None
                 if p.triggered is not None and info is not None and \
