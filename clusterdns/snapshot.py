@@ -1043,11 +1043,7 @@ class Builder:
             lone_ptrs = lone if lone is not None and len(
                 {ip for ip, _ in ptrs}) == len(ptrs) else None
             for ip, target in ptrs:
-                if ":" in ip:
-                    rname = names.reverse_name(ip)
-                else:  # ``_reverse_name`` inline: one call less per endpoint
-                    a, b, c, d = ip.split(".")
-                    rname = f"{d}.{c}.{b}.{a}.in-addr.arpa"
+                rname = _reverse_name(ip)
                 if (all_v6 if ":" in ip else all_v4) or any(
                         names.is_subdomain(rname, z) for z in reverse):
                     if lone_ptrs is not None:
