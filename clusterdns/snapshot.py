@@ -609,24 +609,23 @@ class Builder:
                 continue
             slices = self.slices_by_svc.get(key)
             ordered = [slices[n] for n in sorted(slices)] if slices else []
-            if owner not in self.claimed:  # a new service, or every one in a full build
-                lone: list[tuple[str, RRType, Any]] = []
-                info, claims, _ = self._service_claims(svc, ordered, None, lone)
-                self.examined += len(claims) + len(lone)
-                if self.infos.get(key) is not info:
-                    self.infos.set(key, info)
-                self._claim_fresh(owner, claims, lone)
-                continue
-            touched = self._touched.get(key)
-            info, claims, scope = self._service_claims(svc, ordered, touched)
-            self.examined += len(claims)
+            # A new service (every one, in a full build) has nothing to compare with:
+            # its one-record names skip the claims (``lone``, see ``_claim_fresh``).
+            fresh = owner not in self.claimed
+            lone: list[tuple[str, RRType, Any]] | None = [] if fresh else None
+            touched = None if fresh else self._touched.get(key)
+            info, claims, scope = self._service_claims(svc, ordered, touched, lone)
+            self.examined += len(claims) + len(lone or ())
             if scope is not None:  # the names outside the scope stay as they are
                 kept: Claims = {n: _KEEP for n in self.claimed[owner][0] if n not in scope}
                 kept.update(claims)
                 claims = kept
             if self.infos.get(key) is not info:
                 self.infos.set(key, info)
-            self._claim(owner, claims)
+            if lone is None:
+                self._claim(owner, claims)
+            else:
+                self._claim_fresh(owner, claims, lone)
         self._dirty_services.clear()
         self._touched.clear()
         self._claim(_ZONE_OWNER, self._zone_claims(serial))  # the SOA serial, kube-dns
@@ -667,24 +666,15 @@ class Builder:
         for name in old[1]:
             if claims.get(name, True):
                 self._drop(owner, name, False)
-        put, node, index, shared = self._put, _node, self.index, self.shared
-        shards, mask, writable = index.shards, index.mask, index.writable_shard
-        added = weight = 0
+        made: list[tuple[LazyNode, int]] = []
         for name in full:
             sets = claims[name]
             if name in old_full:
                 if sets is not _KEEP:
-                    self._swap(owner, node(name, ttl, owner, sets))
+                    self._swap(owner, _node(name, ttl, owner, sets))
                 continue
-            i = hash(name) & mask
-            if name in shared or name in shards[i]:
-                put(node(name, ttl, owner, sets))
-            else:  # a name nobody else holds: the common case, written directly
-                writable(i)[name] = node(name, ttl, owner, sets)
-                added += 1
-                for values in sets.values():
-                    weight += len(values)
-        index.added(added, weight)
+            made.append((_node(name, ttl, owner, sets), sum(map(len, sets.values()))))
+        self._write_new(made)
         hold = self._hold_empty
         for name in empty:
             if name not in old_empty:
@@ -702,62 +692,54 @@ class Builder:
         claims entry of their own (most of a full build's names; see
         ``_service_claims``).
         """
-        ttl, zones, srv, one_type = self.ttl, self.zone_set, RRType.SRV, _ONE_TYPE
-        index, put = self.index, self._put
-        shards, mask, writable, owned = index.shards, index.mask, index.writable_shard, index.owned
+        ttl, zones, one_type = self.ttl, self.zone_set, _ONE_TYPE
         full: list[str] = []
         empty: list[str] = []
-        added = weight = 0
+        made: list[tuple[LazyNode, int]] = []
         _add_ancestors(claims, zones)
         for name, sets in claims.items():
             if not sets:
                 empty.append(name)
                 continue
             full.append(name)
-            node: LazyNode | None = None
-            count = 1
-            if len(sets) == 1:  # the common case: one RRset, often of one record
-                for rtype, values in sets.items():
-                    if len(values) == 1 and rtype != srv:
-                        for value in values:
-                            node = LazyNode(name, ttl, owner, one_type[rtype], value)
-                    else:
-                        count = len(values)
-                        node = LazyNode(name, ttl, owner, one_type[rtype], tuple(values))
-            if node is None:
-                node = _node(name, ttl, owner, sets)
-                count = sum(len(values) for values in sets.values())
-            # One probe: a name nobody holds yet (the common case) is written directly;
-            # one somebody holds (a shared name is always in the index) is merged.
-            i = hash(name) & mask
-            if (shards[i] if i in owned else writable(i)).setdefault(name, node) is node:
-                added += 1
-                weight += count
-            else:
-                put(node)
+            made.append((_node(name, ttl, owner, sets), sum(map(len, sets.values()))))
         if lone:
             above = dict[str, None]()
             for name, rtype, value in lone:
                 full.append(name)
-                node = LazyNode(name, ttl, owner, one_type[rtype], value)
-                i = hash(name) & mask
-                if (shards[i] if i in owned else writable(i)).setdefault(name, node) is node:
-                    added += 1
-                    weight += 1
-                else:
-                    put(node)
+                made.append((LazyNode(name, ttl, owner, one_type[rtype], value), 1))
                 while name not in zones and "." in name:  # its empty non-terminals
                     name = name.partition(".")[2]
                     if name in above or name in claims:
                         break
                     above[name] = None
             empty.extend(above)
-        index.added(added, weight)
+        self._write_new(made)
         hold = self._hold_empty
         for name in empty:
             hold(name, owner)
         if full or empty:
             self.claimed[owner] = (tuple(full), tuple(empty))
+
+    def _write_new(self, made: Iterable[tuple[LazyNode, int]]) -> None:
+        """Index nodes for names their owner did not hold (with their record counts).
+
+        One probe each: a name nobody holds yet (the common case) is written straight
+        into its shard; one somebody holds (a shared name is always in the index) is
+        merged by ``_put``.
+        """
+        index, put = self.index, self._put
+        shards, mask, writable, owned = index.shards, index.mask, index.writable_shard, index.owned
+        added = weight = 0
+        for node, count in made:
+            name = node.name
+            i = hash(name) & mask
+            if (shards[i] if i in owned else writable(i)).setdefault(name, node) is node:
+                added += 1
+                weight += count
+            else:
+                put(node)
+        index.added(added, weight)
 
     def _hold_empty(self, name: str, owner: Owner) -> None:
         """``owner`` claims ``name`` as an empty non-terminal."""
