@@ -72,12 +72,6 @@ RESOURCES = {
     Kind.POD: Resource(Kind.POD, "pods", ""),
 }
 
-# List/watch options as the API server spells them in the query string.
-_QUERY_NAMES = {"limit": "limit", "cont": "continue", "label_selector": "labelSelector",
-                "watch": "watch", "resource_version": "resourceVersion",
-                "allow_watch_bookmarks": "allowWatchBookmarks",
-                "timeout_seconds": "timeoutSeconds"}
-
 
 @dataclass(frozen=True, slots=True)
 class Tuning:
@@ -199,8 +193,9 @@ class Reflector:
         self.backoff = Backoff(source.tuning, source.clock, source.rng)
         self._forbidden_logged = False
 
-    async def _call(self, request_timeout: float, **params: Any) -> Any:
-        """GET the collection with ``params`` (``_QUERY_NAMES``); the raw response.
+    async def _call(self, request_timeout: float, query: dict[str, Any]) -> Any:
+        """GET the collection with ``query`` (list/watch options as the API server
+        spells them); the raw response.
 
         Through the kubernetes client's ``ApiClient`` (its configuration, auth and HTTP
         session), not its generated ``CoreV1Api``/``DiscoveryV1Api``: those import a
@@ -208,12 +203,12 @@ class Reflector:
         and clusterdns reads the JSON itself.
         """
         if self.resource.kind is Kind.SERVICE and self.source.config.labels:
-            params["label_selector"] = self.source.config.labels
+            query["labelSelector"] = self.source.config.labels
         client = self.source.client()
         request = await client.param_serialize(
             method="GET", resource_path=self.resource.path(self.namespace),
             path_params={"namespace": self.namespace} if self.namespace else None,
-            query_params=[(_QUERY_NAMES[k], v) for k, v in params.items()],
+            query_params=list(query.items()),
             header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
         response = await client.call_api(*request, _request_timeout=request_timeout)
         return response.response  # the aiohttp response, body unread
@@ -251,9 +246,9 @@ class Reflector:
         level = logging.WARNING if self.backoff.failures < 3 else logging.DEBUG
         log.log(level, "%s: %s; backing off", self.name, exc)
 
-    async def _request(self, request_timeout: float, **params: Any) -> Any:
+    async def _request(self, request_timeout: float, query: dict[str, Any]) -> Any:
         """One API request; its (aiohttp) response when the status is 200."""
-        resp = await self._call(request_timeout, **params)
+        resp = await self._call(request_timeout, query)
         if resp.status == 200:
             return resp
         body = await resp.read()
@@ -273,11 +268,11 @@ class Reflector:
         if self.resource.kind is Kind.ENDPOINT_SLICE:
             limit = min(limit, t.slice_page_size)
         while True:
-            params: dict[str, Any] = {"limit": limit}
+            query: dict[str, Any] = {"limit": limit}
             if cont:
-                params["cont"] = cont
+                query["continue"] = cont
             try:
-                response = await self._request(t.request_timeout, **params)
+                response = await self._request(t.request_timeout, query)
             except Gone:
                 if not cont:
                     raise
@@ -318,9 +313,9 @@ class Reflector:
         """Watch from ``self.rv`` until the stream ends, advancing ``self.rv``."""
         t = self.source.tuning
         timeout = t.watch_timeout * (0.8 + 0.4 * self.source.rng())
-        response = await self._request(
-            timeout + 30, watch=True, resource_version=self.rv, allow_watch_bookmarks=True,
-            timeout_seconds=max(1, int(timeout)))
+        response = await self._request(timeout + 30, {
+            "watch": True, "resourceVersion": self.rv, "allowWatchBookmarks": True,
+            "timeoutSeconds": max(1, int(timeout))})
         self.backoff.reset()
         self.last_contact = self.source.clock()
         try:
