@@ -5,12 +5,14 @@ datagram into a ``Query`` (or raises ``Malformed`` carrying whatever of the head
 question could be read); ``encode`` turns a ``Decision`` into reply bytes, with the
 outcome -> rcode/flags mapping, EDNS (RFC 6891), extended errors (RFC 8914), owner
 names spelled as the query spelled them (DNS 0x20) and truncation at RRset boundaries.
+Replies are written by our own writer; dnslib only parses upstream replies.
 """
 
 from __future__ import annotations
 
+import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +36,7 @@ FLAG_QR = 0x8000
 FLAG_AA = 0x0400
 FLAG_TC = 0x0200
 FLAG_RD = 0x0100
+FLAG_RA = 0x0080
 FLAG_CD = 0x0010
 
 
@@ -54,21 +57,19 @@ class Query:
     qtype: int
     qclass: int
     edns: Edns | None
-    question: Any  # the dnslib question, re-encoded byte for byte in replies
+    question: bytes  # the first question as sent (name, type, class), echoed in replies
+    labels: tuple[bytes, ...]  # its name's labels as sent (DNS 0x20 letter case kept)
 
     @property
     def opcode(self) -> int:
         return (self.flags >> 11) & 0xF
 
-    @property
-    def labels(self) -> tuple[bytes, ...]:
-        return tuple(self.question.qname.label)
-
     def udp_limit(self, server_max: int) -> int:
-        """SPEC §S4: 512 without EDNS, else the client's size clamped to ours."""
+        """SPEC §S4: 512 without EDNS, else the client's size clamped to ours (and to
+        what one UDP datagram can carry)."""
         if self.edns is None:
             return MIN_UDP
-        return max(MIN_UDP, min(self.edns.payload, server_max))
+        return max(MIN_UDP, min(self.edns.payload, server_max, UDP_MAX))
 
 
 class Malformed(Exception):
@@ -182,13 +183,11 @@ def parse(data: bytes) -> Query:
             pos += rdlen
     except (_Bad, struct.error) as exc:
         raise Malformed(str(exc), header, question_raw) from None
-    question = None
-    if labels is not None:
-        question = dnslib.DNSQuestion(dnslib.DNSLabel(labels), qtype, qclass)
     return Query(
         id=header[0], flags=header[1], qdcount=qd,
         qname=normal_name(labels) if labels is not None else "",
-        qtype=qtype, qclass=qclass, edns=edns, question=question,
+        qtype=qtype, qclass=qclass, edns=edns, question=question_raw,
+        labels=tuple(labels) if labels is not None else (),
     )
 
 
@@ -208,68 +207,226 @@ def _options(rdata: bytes) -> tuple[tuple[int, bytes], ...]:
 
 
 # ----------------------------------------------------------------------------- encoding
+# Replies are written by ``_Message``, one record at a time, so the size limit is checked
+# as records go in: a headless service of thousands of endpoints is encoded in a few
+# milliseconds, and cutting an RRset that does not fit even a TCP message costs nothing
+# extra (dnslib needed 120 ms to build and pack 5,900 A records, and fitting packed the
+# message again for each step of a binary search).
+
+MAX_POINTER = 0x3FFF
+"""Compression pointers have 14 bits: names written further in are never pointed at."""
+OPT_FIXED = 11
+"""An OPT record without options: root owner, type, class, TTL, RDLENGTH."""
+EDE_FIXED = 6
+"""An extended-error option without text: code, length, INFO-CODE."""
+UDP_MAX = 65507
+"""The largest UDP payload over IPv4: no UDP reply is made larger, whatever EDNS says."""
+
+_U16 = struct.Struct("!H")
+_RR_FIXED = struct.Struct("!HHIH")  # type, class, TTL, RDLENGTH
+_SRV_FIXED = struct.Struct("!HHH")
+_SOA_TIMES = struct.Struct("!IIIII")
+_INET6 = socket.AF_INET6
 
 
-def _spell(name: str, query: Query | None) -> dnslib.DNSLabel:
+def _target_labels(name: str) -> tuple[bytes, ...]:
+    """Wire labels of a name in record data (ours are ASCII; an IDN becomes punycode)."""
+    if not name:
+        return ()
+    try:
+        return tuple(name.encode("ascii").split(b"."))
+    except UnicodeEncodeError:
+        return tuple(name.encode("idna").split(b"."))
+
+
+class _Message:
+    """One reply being written: header, question, then records, with name compression.
+
+    Compression (RFC 1035 §4.1.4) points only at names written before offset 0x4000 and
+    matches label bytes exactly, so an owner name spelled in the query's letter case is
+    never replaced by another spelling. ``mark`` and ``rollback`` take back records that
+    did not fit, with the names they registered.
+    """
+
+    __slots__ = ("added", "buf", "names", "owners")
+
+    def __init__(self, ident: int, flags: int, question: bytes,
+                 labels: tuple[bytes, ...]) -> None:
+        self.buf = bytearray(HEADER.pack(ident, flags, 1 if question else 0, 0, 0, 0))
+        self.names: dict[tuple[bytes, ...], int] = {}
+        self.added: list[tuple[bytes, ...]] = []  # keys of ``names``, in offset order
+        self.owners: dict[str, tuple[bytes, ...]] = {}  # our owner names, spelled
+        if question:
+            self._register(labels, HEADER.size, len(labels))
+            self.buf += question
+
+    def _register(self, labels: tuple[bytes, ...], offset: int, count: int) -> None:
+        """Remember where the first ``count`` suffixes of ``labels`` start (from
+        ``offset``), for later names to point at."""
+        names = self.names
+        for i in range(count):
+            if offset > MAX_POINTER:
+                return
+            suffix = labels[i:]
+            if suffix not in names:
+                names[suffix] = offset
+                self.added.append(suffix)
+            offset += 1 + len(labels[i])
+
+    def name(self, labels: tuple[bytes, ...], compress: bool = True) -> None:
+        """Write a name: its labels up to the longest suffix already written, then a
+        pointer to that suffix (or the root label when there is none)."""
+        buf = self.buf
+        count = len(labels)
+        pointer = None
+        if compress:
+            names = self.names
+            for i in range(count):
+                pointer = names.get(labels[i:])
+                if pointer is not None:
+                    count = i
+                    break
+            self._register(labels, len(buf), count)
+        for label in labels[:count]:
+            buf.append(len(label))
+            buf += label
+        if pointer is None:
+            buf.append(0)
+        else:
+            buf += _U16.pack(0xC000 | pointer)
+
+    def mark(self) -> tuple[int, int]:
+        return len(self.buf), len(self.added)
+
+    def rollback(self, mark: tuple[int, int]) -> None:
+        size, added = mark
+        del self.buf[size:]
+        for key in self.added[added:]:
+            del self.names[key]
+        del self.added[added:]
+
+    def record(self, rec: Record, query: Query) -> None:
+        """One of our records; its owner keeps the query's letter case (DNS 0x20)."""
+        labels = self.owners.get(rec.name)
+        if labels is None:
+            labels = self.owners[rec.name] = _spell(rec.name, query)
+        self.name(labels)
+        data = rec.data
+        buf = self.buf
+        if type(data) is rr.A:
+            buf += _RR_FIXED.pack(rr.RRType.A, 1, rec.ttl, 4)
+            buf += socket.inet_aton(data.address)
+            return
+        if type(data) is rr.AAAA:
+            buf += _RR_FIXED.pack(rr.RRType.AAAA, 1, rec.ttl, 16)
+            buf += socket.inet_pton(_INET6, data.address)
+            return
+        at = len(buf) + 8  # where RDLENGTH goes
+        buf += _RR_FIXED.pack(rec.rtype, 1, rec.ttl, 0)
+        if isinstance(data, rr.CNAME | rr.PTR | rr.NS):
+            self.name(_target_labels(data.target))
+        elif isinstance(data, rr.SRV):  # RFC 2782: the target is never compressed
+            buf += _SRV_FIXED.pack(data.priority, data.weight, data.port)
+            self.name(_target_labels(data.target), compress=False)
+        elif isinstance(data, rr.SOA):
+            self.name(_target_labels(data.mname))
+            self.name(_target_labels(data.rname))
+            buf += _SOA_TIMES.pack(data.serial, data.refresh, data.retry, data.expire,
+                                   data.minimum)
+        elif isinstance(data, rr.TXT):
+            for text in data.strings:
+                raw = text.encode()[:255]
+                buf.append(len(raw))
+                buf += raw
+        elif isinstance(data, rr.HINFO):
+            for text in (data.cpu, data.os):
+                raw = text.encode()[:255]
+                buf.append(len(raw))
+                buf += raw
+        _U16.pack_into(buf, at, len(buf) - at - 2)
+
+    def foreign(self, item: _Foreign) -> None:
+        """A record from an upstream reply (owner already respelled)."""
+        self.name(item.owner)
+        buf = self.buf
+        at = len(buf) + 8
+        buf += _RR_FIXED.pack(item.rtype, item.rclass, item.ttl, 0)
+        for part in item.rdata:
+            if isinstance(part, tuple):
+                self.name(part)
+            else:
+                buf += part
+        _U16.pack_into(buf, at, len(buf) - at - 2)
+
+    def write(self, item: Record | _Foreign, query: Query) -> None:
+        if type(item) is _Foreign:
+            self.foreign(item)
+        else:
+            self.record(item, query)  # type: ignore[arg-type]
+
+    def opt(self, payload: int, ext_rcode: int, do: bool,
+            ede: tuple[int, bytes] | None) -> None:
+        """Our OPT record (RFC 6891 §6.1.2), with an extended error (RFC 8914) if given."""
+        ttl = (ext_rcode << 24) | (0x8000 if do else 0)
+        if ede is None:
+            self.buf += b"\x00" + _RR_FIXED.pack(rr.RRType.OPT, payload, ttl, 0)
+            return
+        code, text = ede
+        self.buf += b"\x00" + _RR_FIXED.pack(rr.RRType.OPT, payload, ttl, EDE_FIXED + len(text))
+        self.buf += struct.pack("!HHH", OPT_EDE, 2 + len(text), code) + text
+
+    def finish(self, flags: int, counts: Sequence[int]) -> bytes:
+        struct.pack_into("!HHHH", self.buf, 2, flags, counts[0], counts[1], counts[2])
+        struct.pack_into("!H", self.buf, 10, counts[3])
+        return bytes(self.buf)
+
+
+@dataclass(frozen=True, slots=True)
+class _Foreign:
+    """An upstream record ready to write: owner labels, and RDATA as raw bytes with the
+    names that may be compressed (CNAME, NS, PTR, MX, SOA) kept as label tuples."""
+
+    owner: tuple[bytes, ...]
+    rtype: int
+    rclass: int
+    ttl: int
+    rdata: tuple[bytes | tuple[bytes, ...], ...]
+
+
+def _spell(name: str, query: Query | None) -> tuple[bytes, ...]:
     """Owner name with the query's letter case on the labels it shares with the qname."""
     labels = [lab.encode("latin-1") for lab in name.split(".")] if name else []
-    if query is None or query.question is None:
-        return dnslib.DNSLabel(labels)
+    if query is None or not query.labels:
+        return tuple(labels)
     qlabels = query.labels
     i = 1
     while i <= len(labels) and i <= len(qlabels) and labels[-i] == qlabels[-i].lower():
         labels[-i] = qlabels[-i]
         i += 1
-    return dnslib.DNSLabel(labels)
-
-
-def _rdata(data: rr.RData) -> tuple[int, Any]:
-    if isinstance(data, rr.A):
-        return rr.RRType.A, dnslib.A(data.address)
-    if isinstance(data, rr.AAAA):
-        return rr.RRType.AAAA, dnslib.AAAA(data.address)
-    if isinstance(data, rr.CNAME):
-        return rr.RRType.CNAME, dnslib.CNAME(data.target + ".")
-    if isinstance(data, rr.PTR):
-        return rr.RRType.PTR, dnslib.PTR(data.target + ".")
-    if isinstance(data, rr.NS):
-        return rr.RRType.NS, dnslib.NS(data.target + ".")
-    if isinstance(data, rr.SRV):
-        return rr.RRType.SRV, dnslib.SRV(data.priority, data.weight, data.port, data.target + ".")
-    if isinstance(data, rr.SOA):
-        return rr.RRType.SOA, dnslib.SOA(data.mname + ".", data.rname + ".", (
-            data.serial, data.refresh, data.retry, data.expire, data.minimum))
-    if isinstance(data, rr.TXT):
-        return rr.RRType.TXT, dnslib.TXT([s.encode() for s in data.strings])
-    blob = b"".join(bytes([len(s)]) + s for s in (data.cpu.encode(), data.os.encode()))
-    return rr.RRType.HINFO, dnslib.RD(blob)
-
-
-def _rr(record: Record, query: Query | None) -> Any:
-    rtype, rdata = _rdata(record.data)
-    return dnslib.RR(_spell(record.name, query), rtype, 1, record.ttl, rdata)
+    return tuple(labels)
 
 
 def _rrsets(recs: Sequence[Record]) -> list[list[Record]]:
     """Split a section into RRsets: consecutive records with the same owner and type."""
     out: list[list[Record]] = []
     for rec in recs:
-        if out and out[-1][0].name == rec.name and out[-1][0].rtype == rec.rtype:
+        if out and out[-1][0].name == rec.name and type(out[-1][0].data) is type(rec.data):
             out[-1].append(rec)
         else:
             out.append([rec])
     return out
 
 
-def _opt(query: Query, server_max: int, ede: tuple[int, str] | None, ext_rcode: int) -> Any:
-    opts = []
-    if ede is not None:
-        code, text = ede
-        opts.append(dnslib.EDNSOption(OPT_EDE, struct.pack("!H", code) + text.encode()))
-    # RFC 3225 §3: the DO bit is copied from the query (we sign nothing, so it changes
-    # nothing else).
-    flags = "do" if query.edns is not None and query.edns.do else ""
-    return dnslib.EDNS0(udp_len=server_max, ext_rcode=ext_rcode, flags=flags, opts=opts)
+def _utf8_prefix(text: str, room: int) -> bytes:
+    """At most ``room`` bytes of ``text`` in UTF-8, cut on a character boundary."""
+    raw = text.encode()
+    if len(raw) <= room:
+        return raw
+    return raw[:room].decode("utf-8", "ignore").encode()
+
+
+Groups = list[tuple[int, Sequence[Any]]]
+"""RRsets to write, in order: (section 0 Answer | 1 Authority | 2 Additional, records)."""
 
 
 def encode(query: Query, decision: Decision, limit: int, server_max: int,
@@ -278,54 +435,78 @@ def encode(query: Query, decision: Decision, limit: int, server_max: int,
 
     Too large: whole RRsets are dropped from the end, Additional first. TC is set
     when an Answer or Authority RRset had to go; dropping only Additional data does
-    not set TC (RFC 2181 §9), since the answer itself is complete.
+    not set TC (RFC 2181 §9), since the answer itself is complete. The extended-error
+    text is optional and gives way first. In a TCP message (``limit`` is ``TCP_MAX``)
+    an Answer RRset too large for any message is cut instead, to as many records as
+    fit, and the extended error says so.
     """
     rcode = RCODE[decision.outcome]
     flags = FLAG_QR | (query.flags & (0x7800 | FLAG_RD | FLAG_CD)) | rcode
     if decision.authoritative:
         flags |= FLAG_AA
     if recursion_available:
-        flags |= 0x0080
-
-    sections = [_rrsets(decision.answer), _rrsets(decision.authority),
-                _rrsets(decision.additional)]
-    groups = [(i, [_rr(r, query) for r in rs]) for i, sec in enumerate(sections) for rs in sec]
-    required = len(sections[0]) + len(sections[1])
+        flags |= FLAG_RA
+    groups: Groups = [(0, rs) for rs in _rrsets(decision.answer)]
+    groups += [(1, rs) for rs in _rrsets(decision.authority)]
+    required = len(groups)
+    groups += [(2, rs) for rs in _rrsets(decision.additional)]
     return _fit(query, flags, groups, required, limit, server_max, decision.ede)
 
 
-def _fit(query: Query, flags: int, groups: list[tuple[int, list[Any]]], required: int,
-         limit: int, server_max: int, ede: tuple[int, str] | None) -> bytes:
-    """Pack the largest prefix of RRset ``groups`` (section index, dnslib RRs) that fits.
+def _fit(query: Query, flags: int, groups: Groups, required: int, limit: int,
+         server_max: int, ede: tuple[int, str] | None, ext_rcode: int = 0) -> bytes:
+    """Write the longest prefix of ``groups`` that fits ``limit``, then our OPT.
 
-    The first ``required`` groups are Answer and Authority: leaving any of them out sets TC.
+    The first ``required`` groups are Answer and Authority: leaving any of them out sets
+    TC, except that a TCP message cuts an Answer RRset no message could hold (see
+    ``encode``). Records come before the extended-error text, which is shortened or
+    dropped to fit what room is left.
     """
-
-    def pack(keep: int, explain: bool = True) -> bytes:
-        tc = FLAG_TC if keep < required else 0
-        msg = dnslib.DNSRecord(dnslib.DNSHeader(id=query.id), q=query.question)
-        msg.header.bitmap = flags | tc
-        for section, rrs in groups[:keep]:
-            (msg.rr if section == 0 else msg.auth if section == 1 else msg.ar).extend(rrs)
-        if query.edns is not None:
-            msg.ar.append(_opt(query, server_max, ede if explain else None, 0))
-        return bytes(msg.pack())
-
-    full = pack(len(groups))
-    if len(full) <= limit:
-        return full
-    lo, hi = 0, len(groups) - 1  # largest prefix of RRsets that fits
-    best = pack(0)
-    if len(best) > limit:  # a long extended-error text is the last thing to give way
-        return pack(0, explain=False)
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        candidate = pack(mid)
-        if len(candidate) <= limit:
-            best, lo = candidate, mid + 1
-        else:
-            hi = mid - 1
-    return best
+    msg = _Message(query.id, flags, query.question, query.labels)
+    room = limit - (OPT_FIXED if query.edns is not None else 0)
+    counts = [1 if query.question else 0, 0, 0, 0]
+    buf = msg.buf
+    for index, (section, items) in enumerate(groups):
+        mark = msg.mark()
+        cuttable = limit == TCP_MAX and section == 0
+        marks: list[tuple[int, int]] = []  # before each record, when the RRset may be cut
+        written = 0
+        for item in items:
+            if cuttable:
+                marks.append(msg.mark())
+            msg.write(item, query)
+            if len(buf) <= room:
+                written += 1
+                continue
+            if cuttable and written:  # no message holds the RRset: keep what fits,
+                ede = (EDE.OTHER, f"answer cut to {written} of {len(items)} records: "
+                                  "the whole RRset does not fit in one message")
+                # leaving room to say so
+                need = len(ede[1].encode()) + EDE_FIXED + OPT_FIXED
+                while query.edns is not None and written > 1 and \
+                        marks[written][0] + need > limit:
+                    written -= 1
+                msg.rollback(marks[written])
+                ede = (EDE.OTHER, f"answer cut to {written} of {len(items)} records: "
+                                  "the whole RRset does not fit in one message")
+            else:
+                msg.rollback(mark)
+                written = 0
+                if index < required:
+                    flags |= FLAG_TC
+            break
+        counts[1 + section] += written
+        if written < len(items):
+            break
+    if query.edns is not None:
+        text = None
+        if ede is not None:
+            space = limit - len(buf) - OPT_FIXED - EDE_FIXED
+            if space >= 0:
+                text = (ede[0], _utf8_prefix(ede[1], space))
+        msg.opt(server_max, ext_rcode, query.edns.do, text)
+        counts[3] += 1
+    return msg.finish(flags, counts)
 
 
 def encode_error(query: Query | None, header: tuple[int, int] | None, question: bytes,
@@ -347,18 +528,14 @@ def encode_error(query: Query | None, header: tuple[int, int] | None, question: 
 def encode_badvers(query: Query, server_max: int) -> bytes:
     """RFC 6891 §6.1.3: an EDNS version we do not speak gets BADVERS with our OPT."""
     flags = FLAG_QR | (query.flags & (0x7800 | FLAG_RD | FLAG_CD)) | (BADVERS & 0xF)
-    msg = dnslib.DNSRecord(dnslib.DNSHeader(id=query.id), q=query.question)
-    msg.header.bitmap = flags
-    msg.ar.append(_opt(query, server_max, (0, "only EDNS version 0 is supported"),
-                       BADVERS >> 4))
-    return bytes(msg.pack())
+    return _fit(query, flags, [], 0, TCP_MAX, server_max,
+                (EDE.OTHER, "only EDNS version 0 is supported"), ext_rcode=BADVERS >> 4)
 
 
 # --------------------------------------------------------------------------- forwarding
 # Packet-level help for ``forward``: the query we send upstream, the checks a reply must
 # pass before we believe it, its cache lifetime (RFC 2308) and the reply we relay.
 
-FLAG_RA = 0x0080
 FLAG_AD = 0x0020
 RCODE_NOERROR = 0
 RCODE_SERVFAIL = 2
@@ -371,17 +548,20 @@ EDE_STALE_ANSWER = 3  # RFC 8914 §4.4
 EDE_NO_REACHABLE_AUTHORITY = 22  # RFC 8914 §4.23
 STALE_TTL = 30  # RFC 8767 §4: TTL of records in a stale answer
 UPSTREAM_PAYLOAD = 1232
+_COMPRESSIBLE = frozenset({rr.RRType.CNAME, rr.RRType.NS, rr.RRType.PTR, rr.RRType.SOA, 15})
+"""Types whose RDATA names we compress when relaying (RFC 3597 §4: the RFC 1035 ones)."""
 
 
 @dataclass(frozen=True, slots=True)
 class UpstreamReply:
-    """An upstream's reply that matched our query; records are dnslib RRs (never mutated)."""
+    """An upstream's reply that matched our query, its records ready to relay."""
 
     rcode: int
     flags: int
-    answer: tuple[Any, ...]
-    authority: tuple[Any, ...]
-    additional: tuple[Any, ...]  # without OPT
+    answer: tuple[_Foreign, ...]
+    authority: tuple[_Foreign, ...]
+    additional: tuple[_Foreign, ...]  # without OPT
+    size: int = 0  # bytes on the wire (what the forward cache weighs it by)
 
     @property
     def truncated(self) -> bool:
@@ -408,6 +588,30 @@ def upstream_query(labels: Sequence[bytes], qtype: int, qclass: int, ident: int,
             + opt)
 
 
+class _PlainBuffer(dnslib.DNSBuffer):  # type: ignore[misc]
+    """A dnslib buffer that writes names whole, so RDATA packed alone can move anywhere."""
+
+    def encode_name(self, name: Any) -> None:
+        self.encode_name_nocompress(name)
+
+
+def _foreign(record: Any) -> _Foreign:
+    """An upstream dnslib RR as a ``_Foreign``: names to compress kept as labels."""
+    data = record.rdata
+    parts: tuple[bytes | tuple[bytes, ...], ...]
+    if record.rtype in _COMPRESSIBLE and isinstance(data, dnslib.SOA):
+        parts = (tuple(data.mname.label), tuple(data.rname.label), _SOA_TIMES.pack(*data.times))
+    elif record.rtype in _COMPRESSIBLE and isinstance(data, dnslib.MX):
+        parts = (_U16.pack(data.preference), tuple(data.label.label))
+    elif record.rtype in _COMPRESSIBLE and isinstance(data, dnslib.CNAME):  # NS, PTR too
+        parts = (tuple(data.label.label),)
+    else:
+        buffer = _PlainBuffer()
+        data.pack(buffer)
+        parts = (bytes(buffer.data),)
+    return _Foreign(tuple(record.rname.label), record.rtype, record.rclass, record.ttl, parts)
+
+
 def read_reply(data: bytes, ident: int, labels: Sequence[bytes], qtype: int,
                qclass: int) -> UpstreamReply | None:
     """The upstream reply in ``data`` if it answers our query, None if it does not.
@@ -422,23 +626,32 @@ def read_reply(data: bytes, ident: int, labels: Sequence[bytes], qtype: int,
         return None
     try:
         msg = dnslib.DNSRecord.parse(data)
+        flags = header[1]
+        if (flags >> 11) & 0xF != 0:
+            return None
+        if not msg.questions and flags & FLAG_TC:
+            return UpstreamReply(flags & 0xF, flags, (), (), (), len(data))
+        if len(msg.questions) != 1:
+            return None
+        question = msg.questions[0]
+        asked = [label.lower() for label in labels]
+        if ([bytes(label).lower() for label in question.qname.label] != asked
+                or question.qtype != qtype or question.qclass != qclass):
+            return None
+        return UpstreamReply(
+            rcode=flags & 0xF, flags=flags,
+            answer=tuple(_foreign(r) for r in msg.rr),
+            authority=tuple(_foreign(r) for r in msg.auth),
+            additional=tuple(_foreign(r) for r in msg.ar if r.rtype != rr.RRType.OPT),
+            size=len(data))
     except Exception as exc:  # dnslib raises several kinds on garbage
         raise Malformed(f"unparseable upstream reply: {exc}", header, b"") from None
-    flags = header[1]
-    if (flags >> 11) & 0xF != 0:
-        return None
-    if not msg.questions and flags & FLAG_TC:
-        return UpstreamReply(flags & 0xF, flags, (), (), ())
-    if len(msg.questions) != 1:
-        return None
-    question = msg.questions[0]
-    asked = [label.lower() for label in labels]
-    if ([bytes(label).lower() for label in question.qname.label] != asked
-            or question.qtype != qtype or question.qclass != qclass):
-        return None
-    return UpstreamReply(
-        rcode=flags & 0xF, flags=flags, answer=tuple(msg.rr), authority=tuple(msg.auth),
-        additional=tuple(r for r in msg.ar if r.rtype != rr.RRType.OPT))
+
+
+def _soa_minimum(record: _Foreign) -> int:
+    times = record.rdata[-1]
+    assert isinstance(times, bytes)
+    return int.from_bytes(times[16:20], "big")
 
 
 def cache_lifetime(reply: UpstreamReply) -> tuple[str, int] | None:
@@ -454,8 +667,8 @@ def cache_lifetime(reply: UpstreamReply) -> tuple[str, int] | None:
     denial = reply.rcode == RCODE_NXDOMAIN or not reply.answer
     ttls = [r.ttl for r in (*reply.answer, *reply.authority, *reply.additional)
             if r.rtype != rr.RRType.SOA]
-    soas = [min(r.ttl, r.rdata.times[4]) for r in reply.authority
-            if r.rtype == rr.RRType.SOA and isinstance(r.rdata, dnslib.SOA)]
+    soas = [min(r.ttl, _soa_minimum(r)) for r in reply.authority
+            if r.rtype == rr.RRType.SOA and len(r.rdata) == 3]
     if denial:
         if not soas:
             return None
@@ -464,25 +677,26 @@ def cache_lifetime(reply: UpstreamReply) -> tuple[str, int] | None:
     return "success", min(all_ttls) if all_ttls else 0
 
 
-def _respell(label: Any, query: Query) -> Any:
+def _respell(owner: tuple[bytes, ...], query: Query) -> tuple[bytes, ...]:
     """An upstream owner name with the query's letter case on the labels it shares."""
-    labels = list(label.label)
+    labels = list(owner)
     qlabels = query.labels
     i = 1
     while (i <= len(labels) and i <= len(qlabels)
-           and bytes(labels[-i]).lower() == qlabels[-i].lower()):
+           and labels[-i].lower() == qlabels[-i].lower()):
         labels[-i] = qlabels[-i]
         i += 1
-    return dnslib.DNSLabel(labels)
+    return tuple(labels)
 
 
-def _upstream_rrsets(records: Sequence[Any], query: Query, ttl: Any) -> list[list[Any]]:
-    out: list[list[Any]] = []
-    last: tuple[bytes, int] | None = None
+def _upstream_rrsets(records: Sequence[_Foreign], query: Query,
+                     ttl: Callable[[int], int]) -> list[list[_Foreign]]:
+    out: list[list[_Foreign]] = []
+    last: tuple[tuple[bytes, ...], int] | None = None
     for rec in records:
-        key = (str(rec.rname).lower().encode(), rec.rtype)
-        copy = dnslib.RR(_respell(rec.rname, query), rec.rtype, rec.rclass, ttl(rec.ttl),
-                         rec.rdata)
+        key = (tuple(label.lower() for label in rec.owner), rec.rtype)
+        copy = _Foreign(_respell(rec.owner, query), rec.rtype, rec.rclass, ttl(rec.ttl),
+                        rec.rdata)
         if out and key == last:
             out[-1].append(copy)
         else:
@@ -518,8 +732,7 @@ def relay(query: Query, reply: UpstreamReply, limit: int, server_max: int, *,
             value = min(value, ttl_cap)
         return max(0, value - age)
 
-    groups: list[tuple[int, list[Any]]] = [
-        (0, [_rr(r, query) for r in rs]) for rs in _rrsets(chain)]
+    groups: Groups = [(0, rs) for rs in _rrsets(chain)]
     for section, records in enumerate((reply.answer, reply.authority, reply.additional)):
         groups.extend((section, rs) for rs in _upstream_rrsets(records, query, ttl))
     required = sum(1 for section, _ in groups if section < 2)
@@ -533,6 +746,5 @@ def encode_forward_error(query: Query, outcome: Outcome, limit: int, server_max:
     flags = FLAG_QR | FLAG_RA | (query.flags & (0x7800 | FLAG_RD | FLAG_CD)) | RCODE[outcome]
     if chain:
         flags |= FLAG_AA
-    groups: list[tuple[int, list[Any]]] = [
-        (0, [_rr(r, query) for r in rs]) for rs in _rrsets(chain)]
+    groups: Groups = [(0, rs) for rs in _rrsets(chain)]
     return _fit(query, flags, groups, len(groups), limit, server_max, ede)
