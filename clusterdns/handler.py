@@ -176,9 +176,10 @@ class Handler:
 
 def _rotations(decision: Decision, qtype: int) -> int:
     """How many rotations of its answer ``resolve`` can give (1: it does not rotate)."""
-    if decision.outcome is not Outcome.SUCCESS or qtype not in resolver.ADDRESS_TYPES:
+    if decision.outcome is not Outcome.SUCCESS:
         return 1
-    return max(1, sum(1 for r in decision.answer if r.rtype == qtype))
+    count = sum(1 for r in decision.answer if r.rtype == qtype)
+    return resolver.rotations(count) if resolver.rotating(qtype, count) else 1
 
 
 def _onward(snap: Snapshot, query: wire.Query,

@@ -47,8 +47,36 @@ class Decision:
     ede: tuple[EDE, str] | None = None
 
 
-MAX_CHAIN = 8
+MAX_CHAIN = 16
+"""In-zone CNAMEs followed for one answer (BIND's limit too); a longer chain is answered
+as far as this, and the client may go on from its last target."""
 ADDRESS_TYPES = (RRType.A, RRType.AAAA)
+MAX_ROTATIONS = 32
+"""Distinct orders a rotating RRset is served in. Up to this many records, every record
+leads in turn; a larger RRset starts at one of this many evenly spaced records. The fast
+path keeps one reply per order, so this also bounds what it stores per question."""
+SRV_ROTATE_ABOVE = 1024
+"""SRV RRsets rotate only above this size: no TCP message holds much more than 1,500 SRV
+records, so the order of those sets decides which targets a cut answer carries (SRV
+clients choose by weight, not by order, so smaller sets keep theirs)."""
+
+
+def rotating(rtype: int, count: int) -> bool:
+    """Whether an answer RRset of ``count`` records of ``rtype`` is served in rotation."""
+    return count > 1 and (rtype in ADDRESS_TYPES
+                          or (rtype == RRType.SRV and count > SRV_ROTATE_ABOVE))
+
+
+def rotations(count: int) -> int:
+    """How many distinct orders a rotating RRset of ``count`` records has."""
+    return min(count, MAX_ROTATIONS)
+
+
+def _rotate(rrset: tuple[Record, ...], rotation: int) -> tuple[Record, ...]:
+    count = len(rrset)
+    orders = rotations(count)
+    k = (rotation % orders) * count // orders
+    return rrset[k:] + rrset[:k]
 
 
 def resolve(snap: Snapshot, qname: str, qtype: int, rotation: int = 0) -> Decision:
@@ -63,8 +91,9 @@ def resolve(snap: Snapshot, qname: str, qtype: int, rotation: int = 0) -> Decisi
         return Decision(Outcome.REFUSED, ede=(EDE.NOT_SUPPORTED, "zone transfer is not enabled"))
 
     chain: list[Record] = []
+    seen = {qname}
     name = qname
-    for _ in range(MAX_CHAIN):
+    while True:
         node = snap.nodes.get(name)
         if node is None:
             pod = _pod_answer(snap, name, zone, qtype)
@@ -77,9 +106,15 @@ def resolve(snap: Snapshot, qname: str, qtype: int, rotation: int = 0) -> Decisi
             chain.extend(cname)
             target = cname[0].data.target  # type: ignore[union-attr]
             next_zone = snap.zone_for(target)
-            if next_zone is None or any(r.data == cname[0].data for r in chain[:-1]):
-                # Out of our zones: the client (or a forwarder) follows it.
+            if next_zone is None:  # out of our zones: the client (or a forwarder) follows it
                 return Decision(Outcome.SUCCESS, tuple(chain), authoritative=True)
+            if target in seen:  # a loop: every CNAME of it is in the answer once
+                return Decision(Outcome.SUCCESS, tuple(chain), authoritative=True,
+                                ede=(EDE.OTHER, f"CNAME loop at {target}"))
+            if len(chain) >= MAX_CHAIN:  # as far as we go; the client may go on
+                return Decision(Outcome.SUCCESS, tuple(chain), authoritative=True, ede=(
+                    EDE.OTHER, f"CNAME chain longer than {MAX_CHAIN}: followed that far"))
+            seen.add(target)
             name, zone = target, next_zone
             continue
         if qtype == RRType.ANY:
@@ -94,12 +129,10 @@ def resolve(snap: Snapshot, qname: str, qtype: int, rotation: int = 0) -> Decisi
         if not rrset:
             why = _why_nodata(name, _type_name(qtype))
             return _merge(chain, _negative(snap, zone, Outcome.NODATA, why))
-        if qtype in ADDRESS_TYPES and len(rrset) > 1 and rotation:
-            k = rotation % len(rrset)
-            rrset = rrset[k:] + rrset[:k]
+        if rotation and rotating(qtype, len(rrset)):
+            rrset = _rotate(rrset, rotation)
         return _merge(chain, Decision(Outcome.SUCCESS, rrset, additional=_additional(snap, rrset),
                                       authoritative=True))
-    return Decision(Outcome.SERVFAIL, tuple(chain), ede=(EDE.OTHER, "CNAME chain too long"))
 
 
 def _merge(chain: list[Record], decision: Decision) -> Decision:
