@@ -25,7 +25,13 @@ from clusterdns.config import Config
 from clusterdns.forward import Forwarder
 from clusterdns.handler import Handler
 from clusterdns.http import HttpEndpoints
-from clusterdns.metrics import ForwardDurations, Latency, QueryMetrics, new_registry
+from clusterdns.metrics import (
+    MONITORED_CODES,
+    ForwardDurations,
+    Latency,
+    QueryMetrics,
+    new_registry,
+)
 from clusterdns.objects import (
     Cluster,
     EndpointSlice,
@@ -84,6 +90,11 @@ class App:
         self.query_metrics = (
             QueryMetrics(config.zones, self.forwarder.stats if self.forwarder else None)
             if config.metrics is not None else None)
+        if self.handler.fast is not None:  # hit cells: one per metric type label, folded
+            hits = self.handler.fast.hits  # into the exporter's totals when too many
+            hits.types = MONITORED_CODES
+            if self.query_metrics is not None:
+                hits.on_fold = self.query_metrics.absorb_hits
         self.forward_durations = ForwardDurations()
         if self.forwarder is not None:
             self.forwarder.observe = self.forward_durations.observe

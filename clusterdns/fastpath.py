@@ -31,12 +31,21 @@ Metrics: a hit does not call the per-query observer. It bumps a counter cell sha
 every entry with the same (qtype, in zone, rcode, TC, query size, reply size); the cells
 outlive the tables, and the metrics exporter adds them in at scrape time.
 
+Bounds (clients choose what is stored, so everything here has one): at most
+``max_entries`` questions per transport and ``max_bytes`` of keys and replies in all,
+the oldest entry going first; at most ``resolve.MAX_ROTATIONS`` rotations per question;
+at most ``MAX_CELLS`` counter cells. When a new cell is needed and there is no room,
+every cell is handed to ``HitCounts.on_fold`` (the metrics exporter adds them to its
+totals) and the tables start afresh, since their entries count into the folded cells.
+Query types other than ``HitCounts.types`` (when set) share one cell key, type 0.
+
 Pure: no sockets, no asyncio, no dnslib.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -49,7 +58,13 @@ TCP6: Final = 3
 """Slots: what a hit is counted under; a listener knows its slot from its socket family."""
 
 DEFAULT_MAX_ENTRIES = 50_000
-"""Per transport. At ~100-300 bytes per reply plus the key, about 20 MB when full."""
+"""Questions stored per transport."""
+DEFAULT_MAX_BYTES = 16 * 1024 * 1024
+"""Keys and replies stored in all, counted with ``ENTRY_OVERHEAD`` each."""
+ENTRY_OVERHEAD = 200
+"""Bytes an entry costs beyond its key and replies (objects, dict slot), as measured."""
+MAX_CELLS = 4096
+"""Hit counter cells kept before they are folded into the exporter's totals."""
 
 _OPT = 41
 _COUNTS = struct.Struct("!HHHH")
@@ -106,46 +121,81 @@ class CellKey:
 
 
 class HitCounts:
-    """Hit counters per cell, one count per slot; they outlive every table."""
+    """Hit counters per cell, one count per slot; they outlive every table.
 
-    def __init__(self) -> None:
+    ``types``: the query types counted under their own cell key (the rest under type 0);
+    None counts every type apart. ``on_fold`` receives the cells when they are folded.
+    """
+
+    def __init__(self, max_cells: int = MAX_CELLS) -> None:
         self.cells: dict[CellKey, list[int]] = {}
+        self.max_cells = max_cells
+        self.types: frozenset[int] | None = None
+        self.on_fold: Callable[[Iterable[tuple[CellKey, list[int]]]], None] | None = None
+        self.folded = 0  # hits handed to on_fold so far
+        self.folded_truncated = 0  # of which UDP replies with TC
 
-    def cell(self, key: CellKey) -> list[int]:
+    def key(self, qtype: int, in_zone: bool, rcode: int, truncated: bool, query_size: int,
+            reply_size: int) -> CellKey:
+        types = self.types
+        if types is not None and qtype not in types:
+            qtype = 0
+        return CellKey(qtype, in_zone, rcode, truncated, query_size, reply_size)
+
+    def cell(self, key: CellKey) -> list[int] | None:
+        """The cell for ``key``; None when it is new and there is no room for it."""
         counts = self.cells.get(key)
         if counts is None:
+            if len(self.cells) >= self.max_cells:
+                return None
             counts = self.cells[key] = [0, 0, 0, 0]
         return counts
 
+    def fold(self) -> None:
+        """Hand every cell to ``on_fold`` and start with none (entries that count into
+        them must go too: ``ReplyCache`` drops its tables)."""
+        cells, self.cells = self.cells, {}
+        self.folded += sum(sum(c) for c in cells.values())
+        self.folded_truncated += sum(c[UDP4] + c[UDP6] for k, c in cells.items()
+                                     if k.truncated)
+        if self.on_fold is not None:
+            self.on_fold(cells.items())
+
     def total(self) -> int:
-        return sum(sum(c) for c in list(self.cells.values()))
+        return self.folded + sum(sum(c) for c in list(self.cells.values()))
 
     def truncated(self) -> int:
         """UDP hits that carried TC (for ``clusterdns_truncated_replies``)."""
-        return sum(c[UDP4] + c[UDP6] for k, c in list(self.cells.items()) if k.truncated)
+        return self.folded_truncated + sum(
+            c[UDP4] + c[UDP6] for k, c in list(self.cells.items()) if k.truncated)
 
 
 class _Entry:
     """A stored reply without its ID; or, for a rotating RRset, every rotation of it."""
 
-    __slots__ = ("bodies", "body", "cell", "cells", "cursor")
+    __slots__ = ("bodies", "body", "cell", "cells", "cursor", "size")
 
-    def __init__(self, body: bytes | None, cell: list[int], rotations: int) -> None:
+    def __init__(self, body: bytes | None, cell: list[int], rotations: int,
+                 size: int) -> None:
         self.body = body  # None for a rotating entry
         self.cell = cell
         self.bodies: list[bytes | None] = [None] * rotations
         self.cells: list[list[int]] = [cell] * rotations
         self.cursor = 0
+        self.size = size  # what it counts against max_bytes
 
 
 class ReplyCache:
     """Per-snapshot tables of encoded replies, keyed by the query without its ID."""
 
-    def __init__(self, ref: SnapshotRef, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
-        if max_entries < 1:
-            raise ValueError("max_entries must be at least 1")
+    def __init__(self, ref: SnapshotRef, max_entries: int = DEFAULT_MAX_ENTRIES,
+                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        if max_entries < 1 or max_bytes < 1:
+            raise ValueError("max_entries and max_bytes must be at least 1")
         self._ref = ref
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.bytes = 0  # what the stored entries count against max_bytes
         self.hits = HitCounts()
         self._snap: Snapshot | None = None
         self._udp: dict[bytes, _Entry] = {}
@@ -160,11 +210,12 @@ class ReplyCache:
         """Forget every reply (a setting the replies depend on changed)."""
         self._snap = None
 
-    def _renew(self, snap: Snapshot) -> None:
+    def _renew(self, snap: Snapshot | None) -> None:
         self._snap = snap
         self._udp = {}
         self._tcp = {}
         self._by_slot = (self._udp, self._udp, self._tcp, self._tcp)
+        self.bytes = 0
         self.generations += 1
 
     def lookup(self, data: bytes, slot: int) -> bytes | None:
@@ -205,7 +256,8 @@ class ReplyCache:
         """Store the full path's ``reply`` to ``data``, made from ``snap``.
 
         ``rotations`` > 1: the reply is rotation ``index`` of that many. Returns whether
-        it was stored (not when ``data`` is not plain or ``snap`` is no longer current).
+        it was stored (not when ``data`` is not plain, ``snap`` is no longer current, or
+        the reply alone is over ``max_bytes``).
         """
         if snap is not self._snap:
             if snap is not self._ref.current:
@@ -213,25 +265,72 @@ class ReplyCache:
             self._renew(snap)
         if len(reply) < 12 or not plain_query(data):
             return False
+        hits = self.hits
+        key = hits.key(qtype, in_zone, reply[3] & 0x0F, bool(reply[2] & 0x02), len(data),
+                       len(reply))
+        cell = hits.cell(key)
+        if cell is None:  # no room for a new counter cell: fold them, start afresh
+            hits.fold()
+            self._renew(snap)
+            cell = hits.cell(key)
+            assert cell is not None
         table = self._tcp if tcp else self._udp
-        key = data[2:]
-        cell = self.hits.cell(CellKey(qtype, in_zone, reply[3] & 0x0F, bool(reply[2] & 0x02),
-                                      len(data), len(reply)))
+        key_bytes = data[2:]
         body = reply[2:]
-        entry = table.get(key)
+        entry = table.get(key_bytes)
         if rotations <= 1:
             if entry is None or entry.body is None:
-                self._make_room(table, key)
-                table[key] = _Entry(body, cell, 0)
+                size = len(key_bytes) + len(body) + ENTRY_OVERHEAD
+                if not self._make_room(table, key_bytes, size):
+                    return False
+                table[key_bytes] = _Entry(body, cell, 0, size)
             return True
         if entry is None or len(entry.bodies) != rotations:
-            self._make_room(table, key)
-            entry = table[key] = _Entry(None, cell, rotations)
+            size = len(key_bytes) + ENTRY_OVERHEAD
+            if not self._make_room(table, key_bytes, size):
+                return False
+            entry = table[key_bytes] = _Entry(None, cell, rotations, size)
             entry.cursor = index % rotations
-        entry.bodies[index % rotations] = body
-        entry.cells[index % rotations] = cell
+        i = index % rotations
+        if entry.bodies[i] is None:
+            if self.bytes + len(body) > self.max_bytes:
+                self._evict(table, len(body), keep=entry)
+                if self.bytes + len(body) > self.max_bytes:
+                    return False
+            entry.size += len(body)
+            self.bytes += len(body)
+        else:
+            previous = entry.bodies[i]
+            assert previous is not None
+            entry.size += len(body) - len(previous)
+            self.bytes += len(body) - len(previous)
+        entry.bodies[i] = body
+        entry.cells[i] = cell
         return True
 
-    def _make_room(self, table: dict[bytes, _Entry], key: bytes) -> None:
-        if key not in table and len(table) >= self.max_entries:
-            del table[next(iter(table))]  # the oldest entry
+    def _make_room(self, table: dict[bytes, _Entry], key: bytes, size: int) -> bool:
+        """Room for an entry of ``size`` at ``key`` (replacing what is there): the oldest
+        entries go first. False when ``size`` alone is over ``max_bytes``."""
+        if size > self.max_bytes:
+            return False
+        old = table.pop(key, None)
+        if old is not None:
+            self.bytes -= old.size
+        if len(table) >= self.max_entries:
+            self.bytes -= table.pop(next(iter(table))).size
+        self._evict(table, size)
+        self.bytes += size
+        return True
+
+    def _evict(self, table: dict[bytes, _Entry], size: int,
+               keep: _Entry | None = None) -> None:
+        """Drop the oldest entries, of ``table`` first, until ``size`` more bytes fit."""
+        for victims in (table, self._udp if table is self._tcp else self._tcp):
+            while victims and self.bytes + size > self.max_bytes:
+                oldest = next(iter(victims))
+                if victims[oldest] is keep:
+                    if len(victims) == 1:
+                        break
+                    victims[oldest] = victims.pop(oldest)  # to the back of the line
+                    continue
+                self.bytes -= victims.pop(oldest).size

@@ -45,7 +45,7 @@ from clusterdns.forward import ForwardStats
 
 if TYPE_CHECKING:
     from clusterdns.app import App
-    from clusterdns.fastpath import HitCounts
+    from clusterdns.fastpath import CellKey, HitCounts
     from clusterdns.forward import Forwarder
 
 TIME_BUCKETS = tuple(0.00025 * 2.0 ** i for i in range(16))  # 0.25 ms .. 8.192 s
@@ -67,6 +67,8 @@ MONITORED_TYPES = frozenset({"A", "AAAA", "CNAME", "DNSKEY", "DS", "MX", "NSEC3"
                              "AXFR", "ANY"})
 _METRIC_TYPE: dict[int, str] = {code: name for code, name in TYPE_NAMES.items()
                                 if name in MONITORED_TYPES}
+MONITORED_CODES = frozenset(_METRIC_TYPE)
+"""The query types counted under their own name; the rest are "other"."""
 RCODE_NAMES = ("NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED",
                "YXDOMAIN", "YXRRSET", "NXRRSET", "NOTAUTH", "NOTZONE")
 
@@ -221,9 +223,14 @@ class QueryMetrics:
         out.request_size = (_copy_hist(self.request_size[0]), _copy_hist(self.request_size[1]))
         out.response_size = (_copy_hist(self.response_size[0]),
                              _copy_hist(self.response_size[1]))
-        if hits is None:
-            return out
-        for cell, counts in list(hits.cells.items()):
+        if hits is not None:
+            out.absorb_hits(list(hits.cells.items()))
+        return out
+
+    def absorb_hits(self, cells: Iterable[tuple[CellKey, list[int]]]) -> None:
+        """Count fast-path hit cells as observed queries (at a scrape, on a copy; when
+        the fast path folds its cells, for good)."""
+        for cell, counts in cells:
             total = sum(counts)
             if not total:
                 continue
@@ -231,17 +238,16 @@ class QueryMetrics:
             for slot, count in enumerate(counts):
                 if count:
                     key = (slot >= 2, slot % 2 == 1, qtype)
-                    out.requests[key] = out.requests.get(key, 0) + count
+                    self.requests[key] = self.requests.get(key, 0) + count
             rkey = (_RCODES[cell.rcode], "kubernetes" if cell.in_zone else "")
-            out.responses[rkey] = out.responses.get(rkey, 0) + total
-            out._duration(qtype).counts[0] += total
+            self.responses[rkey] = self.responses.get(rkey, 0) + total
+            self._duration(qtype).counts[0] += total
             for tcp, count in ((0, counts[0] + counts[1]), (1, counts[2] + counts[3])):
                 if count:
-                    for hist, size in ((out.request_size[tcp], cell.query_size),
-                                       (out.response_size[tcp], cell.reply_size)):
+                    for hist, size in ((self.request_size[tcp], cell.query_size),
+                                       (self.response_size[tcp], cell.reply_size)):
                         hist.counts[_SIZE_INDEX[size] if size < 65536 else -1] += count
                         hist.sum += size * count
-        return out
 
     def _classify(self, query: bytes, zero: int) -> tuple[str, str | None, Hist]:
         """(type label, plugin if the name decides it, histogram) for a new question."""
