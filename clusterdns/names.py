@@ -59,21 +59,22 @@ def reverse_name(ip: str) -> str:
     return ipaddress.ip_address(ip).reverse_pointer
 
 
+_REVERSE_V4 = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){4}in-addr\.arpa")
+_REVERSE_V6 = re.compile(r"(?:[0-9a-f]\.){32}ip6\.arpa")
+_DASHED_V4 = re.compile(r"[0-9]{1,3}(?:-[0-9]{1,3}){3}")
+_DASHED_V6 = re.compile(r"[0-9a-f-]{2,39}")
+
+
 def ip_from_reverse(name: str) -> str | None:
-    """The address a complete reverse name stands for, or None if it is not one."""
-    if name.endswith(".in-addr.arpa"):
-        parts = name[: -len(".in-addr.arpa")].split(".")
-        if len(parts) != 4 or not all(p.isdigit() and (p == "0" or not p.startswith("0"))
-                                      for p in parts):
-            return None
-        if any(int(p) > 255 for p in parts):
-            return None
-        return ".".join(reversed(parts))
-    if name.endswith(".ip6.arpa"):
-        nibbles = name[: -len(".ip6.arpa")].split(".")
-        if len(nibbles) != 32 or not all(len(n) == 1 and n in "0123456789abcdef" for n in nibbles):
-            return None
-        hexed = "".join(reversed(nibbles))
+    """The address a complete reverse name stands for, or None if it is not one.
+
+    Only ASCII digits, in canonical form (no leading zeros), and lower-case nibbles
+    count: anything else (other Unicode digits, a zone index...) is not a reverse name.
+    """
+    if _REVERSE_V4.fullmatch(name):
+        return ".".join(reversed(name.split(".")[:4]))
+    if _REVERSE_V6.fullmatch(name):
+        hexed = "".join(reversed(name.split(".")[:32]))
         return str(ipaddress.IPv6Address(int(hexed, 16)))
     return None
 
@@ -95,12 +96,18 @@ def dashed_ip(ip: str) -> str:
 
 
 def ip_from_dashed(label: str) -> str | None:
-    """Inverse of :func:`dashed_ip` for pod names; None if the label is not an IP."""
-    if label.count("-") == 3 and ":" not in label:
+    """Inverse of :func:`dashed_ip` for pod names; None if the label is not an IP.
+
+    Only ASCII digits, lower-case hex digits and dashes may appear: ``ipaddress`` would
+    also take an IPv6 zone index (``fe80--1%25``), which no record can carry.
+    """
+    if _DASHED_V4.fullmatch(label):
         try:
             return str(ipaddress.IPv4Address(label.replace("-", ".")))
         except ValueError:
             return None
+    if not _DASHED_V6.fullmatch(label):
+        return None
     try:
         return str(ipaddress.IPv6Address(label.replace("-", ":")))
     except ValueError:
@@ -119,6 +126,9 @@ def canonical_ip(text: str) -> str | None:
     if _CANONICAL_V4.fullmatch(text):
         return text
     try:
-        return str(ipaddress.ip_address(text.strip()))
+        ip = ipaddress.ip_address(text.strip())
     except ValueError:
         return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id is not None:
+        return None  # a zone index (fe80::1%eth0) means nothing outside one host
+    return str(ip)
