@@ -4,7 +4,8 @@ This module exists so that no DNS logic ever touches a socket and no socket deta
 reaches the DNS logic. It knows framing (one datagram per message on UDP, RFC 7766
 2-byte length prefixes on TCP), binding (UDP and TCP on the same address and port), and
 the limits that keep a hostile or broken client from hurting everyone else: a TCP idle
-timeout, a connection cap, a per-turn pipelining budget and write back-pressure. What a
+timeout, a connection cap, a budget of TCP queries per loop turn shared fairly by every
+connection (``Turns``), and write back-pressure. What a
 message means is the handler's business; the handler must be fast and must not block,
 because it runs inline on the event loop. When an answer needs I/O (a forwarded name),
 the handler returns an awaitable instead of bytes; the server runs it as a task and sends
@@ -24,9 +25,10 @@ import ipaddress
 import logging
 import socket
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +50,10 @@ class ServerOptions:
     """Close a TCP connection after this many seconds without a complete query."""
     tcp_max_connections: int = 1000
     """Connections accepted beyond this many open ones are closed at once."""
-    tcp_max_pipelined: int = 100
-    """Queries answered from one connection before yielding the loop to other clients."""
+    tcp_queries_per_turn: int = 64
+    """TCP queries answered per event-loop turn across all connections together; past
+    that, connections with queries waiting take turns (round robin, a fair share each),
+    so pipelining clients cannot keep UDP queries waiting."""
     tcp_write_high_water: int = 64 * 1024
     """Unsent reply bytes on a connection above which we stop reading its queries."""
     tcp_backlog: int = 511
@@ -63,7 +67,7 @@ class ServerOptions:
     def __post_init__(self) -> None:
         if self.tcp_idle_timeout <= 0:
             raise ValueError("tcp_idle_timeout must be positive")
-        for name in ("tcp_max_connections", "tcp_max_pipelined", "tcp_write_high_water"):
+        for name in ("tcp_max_connections", "tcp_queries_per_turn", "tcp_write_high_water"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
 
@@ -98,6 +102,7 @@ class DNSServer:
         self._udp: list[tuple[asyncio.DatagramTransport, _UDPProtocol]] = []
         self._tcp_servers: list[asyncio.Server] = []
         self._connections: set[_TCPConnection] = set()
+        self.turns = Turns(options.tcp_queries_per_turn)
 
     async def start(self, listen: Sequence[tuple[str, int]]) -> None:
         """Bind UDP and TCP on every (IP literal, port); port 0 picks one free port for both.
@@ -311,23 +316,107 @@ class _UDPProtocol(asyncio.DatagramProtocol):
         self.closed.set_result(None)
 
 
+class Turnable(Protocol):
+    """What ``Turns`` needs of a connection (``_TCPConnection``; tests use stand-ins)."""
+
+    in_line: bool
+
+    def answer_some(self, limit: int) -> int: ...
+
+    def has_complete_query(self) -> bool: ...
+
+    def can_answer(self) -> bool: ...
+
+    def update_reading(self) -> None: ...
+
+
+class Turns:
+    """The fair share: at most ``budget`` TCP queries answered per event-loop turn, over
+    every connection together.
+
+    A connection with complete queries asks for its turn (``request``). While nobody is
+    waiting and this turn's budget lasts, it answers at once; otherwise it joins the line
+    and stops reading. Once per loop turn (a ``call_soon`` callback, which runs before
+    that turn's I/O callbacks) the budget is renewed and split between the connections
+    in line, in order, each getting an equal share (at least one query); those with more
+    to answer go to the back. UDP datagrams are read between turns, so however many
+    connections pipeline, a UDP query waits for at most one turn of TCP work.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.spent = 0  # queries answered in the current turn
+        self.line: deque[Turnable] = deque()
+        self._armed = False
+        self.turns = 0  # turns taken (for tests)
+        self.most = 0  # the most queries any turn answered (for tests)
+
+    def request(self, conn: Turnable) -> None:
+        if conn.in_line:
+            return
+        if not self.line and self.spent < self.budget:
+            self.spent += conn.answer_some(self.budget - self.spent)
+            self.most = max(self.most, self.spent)
+            self._arm()
+            if not conn.has_complete_query():
+                conn.update_reading()
+                return
+        conn.in_line = True
+        self.line.append(conn)
+        conn.update_reading()
+        self._arm()
+
+    def forget(self, conn: Turnable) -> None:
+        if conn.in_line:
+            conn.in_line = False
+            self.line.remove(conn)
+
+    def _arm(self) -> None:
+        if not self._armed:
+            self._armed = True
+            asyncio.get_running_loop().call_soon(self._turn)
+
+    def _turn(self) -> None:
+        self._armed = False
+        self.turns += 1
+        budget = self.budget
+        line = self.line
+        share = max(1, budget // len(line)) if line else 0
+        spent = 0
+        for _ in range(len(line)):
+            if spent >= budget:
+                break
+            conn = line.popleft()
+            conn.in_line = False
+            spent += conn.answer_some(min(share, budget - spent))
+            if conn.has_complete_query() and conn.can_answer():
+                conn.in_line = True
+                line.append(conn)
+            else:
+                conn.update_reading()
+        self.spent = spent
+        self.most = max(self.most, spent)
+        if line or spent:
+            self._arm()  # the next turn renews the budget (and serves the line)
+
+
 class _TCPConnection(asyncio.Protocol):
     """One RFC 7766 connection: length-prefixed queries in, replies out in the same order.
 
     Reading stops while unsent replies exceed the high-water mark (the client is not
-    reading them) or while complete queries wait in the buffer for their next turn.
+    reading them) or while complete queries wait in line for their turn (``Turns``).
     """
 
     def __init__(self, server: DNSServer) -> None:
         self.server = server
         self.transport: asyncio.Transport
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.in_line = False
         self._buffer = bytearray()
         self._accepted = False
         self._eof = False
         self._write_paused = False
         self._reading_paused = False
-        self._pending: asyncio.Handle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._last_query = 0.0
         self._slot = 2
@@ -349,43 +438,58 @@ class _TCPConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
-        if self._pending is None:
-            self._process()
+        self._ready()
 
     def eof_received(self) -> bool:
         # Keep the write side open: queries already received still get their replies.
         self._eof = True
-        if self._pending is None:
-            self._process()
+        self._ready()
         return True
 
     def pause_writing(self) -> None:
         self._write_paused = True
-        self._update_reading()
+        self.update_reading()
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        if self._pending is None:
-            self._process()
+        self._ready()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._accepted:
             self.server._release(self)
+        self.server.turns.forget(self)
         if self._idle_timer is not None:
             self._idle_timer.cancel()
-        if self._pending is not None:
-            self._pending.cancel()
         self._buffer.clear()
         self.closed.set_result(None)
 
-    def _process(self) -> None:
-        """Answer the complete queries in the buffer, up to this turn's budget."""
-        self._pending = None
+    def _ready(self) -> None:
+        """Something changed: ask for a turn if there is a query to answer, close after
+        a half-close once everything is answered."""
+        if self.in_line or self.transport.is_closing():
+            return
+        if self.has_complete_query() and self.can_answer():
+            self.server.turns.request(self)
+        elif self._eof and not self._write_paused:
+            self.transport.close()
+        else:
+            self.update_reading()
+
+    def can_answer(self) -> bool:
+        return not self._write_paused and not self.transport.is_closing()
+
+    def has_complete_query(self) -> bool:
+        """A whole message (or a zero length, which ends the connection) is buffered."""
+        buf = self._buffer
+        return len(buf) >= 2 and len(buf) >= 2 + (buf[0] << 8 | buf[1])
+
+    def answer_some(self, limit: int) -> int:
+        """Answer up to ``limit`` complete queries from the buffer; how many it answered."""
         tr = self.transport
         buf = self._buffer
-        budget = self.server.options.tcp_max_pipelined
-        start = 0
-        while not self._write_paused and not tr.is_closing() and len(buf) - start >= 2:
+        start = answered = 0
+        while answered < limit and not self._write_paused and not tr.is_closing() \
+                and len(buf) - start >= 2:
             length = buf[start] << 8 | buf[start + 1]
             if length == 0:
                 log.debug("zero-length TCP message; closing the connection")
@@ -394,24 +498,21 @@ class _TCPConnection(asyncio.Protocol):
             end = start + 2 + length
             if len(buf) < end:
                 break
-            if budget == 0:
-                self._pending = asyncio.get_running_loop().call_soon(self._process)
-                break
-            budget -= 1
             query = bytes(buf[start + 2:end])
             start = end
+            answered += 1
             self._answer(query)
         del buf[:start]
-        if self._eof and self._pending is None and not self._write_paused:
+        if self._eof and not self.has_complete_query() and not self._write_paused:
             tr.close()
-        self._update_reading()
+        return answered
 
     def _answer(self, query: bytes) -> None:
         server = self.server
         server.counters.tcp_queries += 1
         self._last_query = asyncio.get_running_loop().time()
         if server.fast is not None:
-            # _process checked the connection is open and not paused for writing.
+            # answer_some checked the connection is open and not paused for writing.
             hit = server.fast(query, self._slot)
             if hit is not None:
                 self.transport.write(len(hit).to_bytes(2, "big") + hit)
@@ -445,11 +546,11 @@ class _TCPConnection(asyncio.Protocol):
             return
         self.transport.write(len(reply).to_bytes(2, "big") + reply)
 
-    def _update_reading(self) -> None:
+    def update_reading(self) -> None:
         tr = self.transport
         if self._eof or tr.is_closing():
             return
-        want_paused = self._write_paused or self._pending is not None
+        want_paused = self._write_paused or self.in_line
         if want_paused != self._reading_paused:
             if want_paused:
                 tr.pause_reading()

@@ -12,6 +12,7 @@ import asyncio
 import errno
 import logging
 import socket
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
 import dns.exception
@@ -21,7 +22,7 @@ import dns.query
 import dns.rrset
 import pytest
 
-from clusterdns.server import DNSServer, Handle, ServerOptions
+from clusterdns.server import DNSServer, Handle, ServerOptions, Turns
 
 BOOM = dns.name.from_text("boom.example.")
 DROP = dns.name.from_text("drop.example.")
@@ -193,7 +194,7 @@ async def send(sock: socket.socket, data: bytes) -> None:
 @pytest.mark.parametrize("bad", [
     {"tcp_idle_timeout": 0.0},
     {"tcp_max_connections": 0},
-    {"tcp_max_pipelined": 0},
+    {"tcp_queries_per_turn": 0},
     {"tcp_write_high_water": 0},
 ])
 def test_server_options_reject_limits_that_would_disable_the_server(
@@ -339,7 +340,7 @@ async def test_tcp_yields_the_loop_after_the_pipelining_budget_and_still_answers
         return answer(data, tcp)
 
     try:
-        server = await servers.start(ServerOptions(tcp_max_pipelined=2), handle=recording)
+        server = await servers.start(ServerOptions(tcp_queries_per_turn=2), handle=recording)
         sock = await clients.tcp(server.bound[0][1])
         await send(sock, b"".join(frame(f"p{i}.example.", i) for i in range(1, 8)))
         for i in range(1, 8):
@@ -348,6 +349,92 @@ async def test_tcp_yields_the_loop_after_the_pipelining_budget_and_still_answers
         ticker[0].cancel()
     assert len(turns_seen) == 7
     assert len(set(turns_seen)) >= 4  # at most two queries per loop turn
+
+
+class Waiting:
+    """A stand-in connection for ``Turns``: ``left`` complete queries, answered on demand."""
+
+    def __init__(self, name: int, left: int, log: list[tuple[int, int]], turns: Turns) -> None:
+        self.name = name
+        self.left = left
+        self.in_line = False
+        self.log = log  # (turn, connection) per answered query
+        self.turns = turns
+
+    def answer_some(self, limit: int) -> int:
+        n = min(limit, self.left)
+        self.left -= n
+        self.log.extend([(self.turns.turns, self.name)] * n)
+        return n
+
+    def has_complete_query(self) -> bool:
+        return self.left > 0
+
+    def can_answer(self) -> bool:
+        return True
+
+    def update_reading(self) -> None:
+        pass
+
+
+async def test_the_fair_share_answers_at_most_the_budget_per_turn_in_round_robin() -> None:
+    turns = Turns(64)
+    log: list[tuple[int, int]] = []
+    conns = [Waiting(i, 100, log, turns) for i in range(200)]
+    for conn in conns:  # 200 connections with 100 pipelined queries each, in one turn
+        turns.request(conn)
+    async with asyncio.timeout(STEP):
+        while any(c.left for c in conns):
+            await asyncio.sleep(0)
+    per_turn = Counter(turn for turn, _ in log)
+    assert len(log) == 200 * 100
+    assert max(per_turn.values()) == 64  # every turn used its budget, and no more
+    assert turns.most == 64
+    # Round robin: while every connection still has queries, answers per connection
+    # differ by at most one share (1 with 200 in line) at the end of each turn; the first
+    # connection answered inline before anyone was waiting, so it started one budget ahead.
+    served = Counter[int]()
+    for turn in sorted(per_turn):
+        served.update(name for t, name in log if t == turn)
+        waiting = [served[c.name] for c in conns[1:]]
+        if min(waiting) < 100 and max(waiting) < 100:
+            assert max(waiting) - min(waiting) <= 1, (turn, min(waiting), max(waiting))
+
+
+async def test_many_pipelining_connections_share_one_budget_per_loop_turn(
+        servers: Servers, clients: Clients) -> None:
+    loop = asyncio.get_running_loop()
+    turn = 0
+
+    def tick() -> None:
+        nonlocal turn
+        turn += 1
+        ticker[0] = loop.call_soon(tick)
+
+    ticker = [loop.call_soon(tick)]
+    seen: list[tuple[int, bool]] = []  # (loop turn, tcp) per answered query
+
+    def recording(data: bytes, tcp: bool) -> bytes | None:
+        seen.append((turn, tcp))
+        return answer(data, tcp)
+
+    try:
+        server = await servers.start(ServerOptions(tcp_queries_per_turn=8), handle=recording)
+        port = server.bound[0][1]
+        socks = [await clients.tcp(port) for _ in range(30)]
+        for n, sock in enumerate(socks):  # 30 x 20 pipelined queries, nobody reading yet
+            await send(sock, b"".join(frame(f"c{n}q{i}.example.", i) for i in range(20)))
+        udp = await udp_ask(query("udp.example.", 99), port)  # still answered meanwhile
+        assert_a_reply(udp, "udp.example.", 99)
+        for n, sock in enumerate(socks):
+            for i in range(20):
+                assert_a_reply(await read_reply(sock), f"c{n}q{i}.example.", i)
+    finally:
+        ticker[0].cancel()
+    tcp_turns = Counter(t for t, tcp in seen if tcp)
+    assert sum(tcp_turns.values()) == 600
+    assert max(tcp_turns.values()) <= 8
+    assert server.turns.most <= 8
 
 
 async def test_tcp_answers_queries_sent_before_the_client_half_closes(
