@@ -72,6 +72,16 @@ class _Entry:
     kind: str  # "success" or "denial"
 
 
+CACHE_UNIT = 512
+"""A cached reply takes one of the cache's ``cache_size`` places per started 512 bytes of
+its wire size, so the cache holds ``cache_size`` ordinary replies but never more than
+about ``cache_size`` x 512 bytes of replies, however large the ones clients ask for."""
+
+
+def cache_weight(entry: _Entry) -> int:
+    return max(1, -(-entry.reply.size // CACHE_UNIT))
+
+
 # ------------------------------------------------------------------ the upstream list
 
 
@@ -210,7 +220,7 @@ class Forwarder:
             stale = config.serve_stale
             self.cache = TLRUCache(maxsize=config.cache_size,
                                    ttu=lambda _key, entry, now: now + entry.ttl + stale,
-                                   timer=lambda: self.clock())
+                                   timer=lambda: self.clock(), getsizeof=cache_weight)
 
     # -------------------------------------------------------------------- lifecycle
 
