@@ -151,7 +151,10 @@ def _negative(snap: Snapshot, zone: str, outcome: Outcome, why: str) -> Decision
 
 
 def _additional(snap: Snapshot, rrset: tuple[Record, ...]) -> tuple[Record, ...]:
-    """Addresses of SRV and NS targets that we hold ourselves (SPEC §S2.5)."""
+    """Addresses of SRV and NS targets that we hold ourselves (SPEC §S2.5), unless the
+    RRset is so large that no message would have room for them."""
+    if len(rrset) > SRV_ROTATE_ABOVE:
+        return ()
     out: list[Record] = []
     seen: set[str] = set()
     for rec in rrset:
