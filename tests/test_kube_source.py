@@ -712,3 +712,41 @@ def test_programming_latency_is_recorded_from_receipt_and_from_the_slice_trigger
     assert 0 <= programming_sum < programmed * PROPAGATION, (programmed, programming_sum)
     # Whole-second trigger times: the latency is the lag, plus up to one second.
     assert lag <= trigger_sum < lag + 1 + PROPAGATION, trigger_sum
+
+
+def ptr_targets(msg: dns.message.Message) -> list[str]:
+    return sorted(rd.to_text() for rrset in msg.answer for rd in rrset)
+
+
+def test_s2_7_an_address_behind_several_services_has_one_ptr_per_service_through_changes(
+        fake: FakeKube, make_server: Callable[..., RunningServer], tmp_path: Path) -> None:
+    """One pod (10.244.9.9) selected by services that come and go one watch event at a
+    time: the PTR always lists one name per selecting service (incremental snapshots)."""
+    server = start_kube(make_server, fake.write_kubeconfig(tmp_path / "kubeconfig"))
+    wait_synced(server)
+    reverse = "9.9.244.10.in-addr.arpa"
+    pod = "10-244-9-9.{}.default.svc.cluster.local."
+
+    def ptrs(*services: str) -> Callable[[dns.message.Message], bool]:
+        want = sorted(pod.format(s) for s in services)
+        return lambda msg: msg.rcode() == NOERROR and ptr_targets(msg) == want
+
+    for n, svc in enumerate(("front", "back", "admin")):
+        fake.apply(cluster_ip_service(svc, f"10.96.99.{n + 1}"))
+        fake.apply(endpoint_slice(f"{svc}-abcde", svc, [("10.244.9.9", True)]))
+    eventually(server, reverse, "PTR", ptrs("front", "back", "admin"), within=PROPAGATION)
+    # An endpoint move in one slice keeps the other services' PTRs.
+    fake.apply(endpoint_slice("back-abcde", "back", [("10.244.9.9", True),
+                                                     ("10.244.9.10", True)]))
+    eventually(server, "10.9.244.10.in-addr.arpa", "PTR",
+               lambda msg: ptr_targets(msg) == ["10-244-9-10.back.default.svc.cluster.local."],
+               within=PROPAGATION)
+    assert ptrs("front", "back", "admin")(server.ask(reverse, "PTR"))
+    # Not ready behind one service, gone behind another: only the rest remain.
+    fake.apply(endpoint_slice("front-abcde", "front", [("10.244.9.9", False)]))
+    eventually(server, reverse, "PTR", ptrs("back", "admin"), within=PROPAGATION)
+    fake.delete("Service", "default", "admin")
+    fake.delete("EndpointSlice", "default", "admin-abcde")
+    eventually(server, reverse, "PTR", ptrs("back"), within=PROPAGATION)
+    fake.apply(endpoint_slice("front-abcde", "front", [("10.244.9.9", True)]))
+    eventually(server, reverse, "PTR", ptrs("front", "back"), within=PROPAGATION)

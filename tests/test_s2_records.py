@@ -905,3 +905,47 @@ def test_s2_every_positive_answer_is_authoritative(
     assert_positive(reply)
     assert not reply.flags & dns.flags.TC
     assert reply.answer[0].name == dns.name.from_text(name)
+
+
+SHARED_POD_DUMP = """\
+apiVersion: v1
+kind: Namespace
+metadata: {name: shared}
+""" + "".join(f"""---
+apiVersion: v1
+kind: Service
+metadata: {{name: {svc}, namespace: shared}}
+spec: {{clusterIP: {ip}, ports: [{{name: http, port: 80}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {svc}-1
+  namespace: shared
+  labels: {{kubernetes.io/service-name: {svc}}}
+addressType: IPv4
+endpoints:
+- addresses: [10.244.7.7]
+  conditions: {{ready: true}}{hostname}
+- addresses: [10.244.7.8]
+  conditions: {{ready: true}}
+ports: [{{name: http, port: 8080}}]
+""" for svc, ip, hostname in [
+    ("web", "10.96.7.1", ""), ("web-headless", "None", "\n  hostname: web-0"),
+    ("metrics", "10.96.7.3", "")])
+
+
+def test_s2_7_an_address_behind_three_services_has_three_ptrs_one_per_service(
+        make_server: ServerFactory, tmp_path: Path, proto: str) -> None:
+    dump = tmp_path / "shared.yaml"
+    dump.write_text(SHARED_POD_DUMP)
+    server = make_server(source=SourceSpec("file", (dump,)))
+    reply = server.ask("7.7.244.10.in-addr.arpa", "PTR", tcp=is_tcp(proto))
+    assert_positive(reply)
+    assert sorted(ptr_targets(reply)) == [
+        "10-244-7-7.metrics.shared.svc.cluster.local.",
+        "10-244-7-7.web.shared.svc.cluster.local.",
+        "web-0.web-headless.shared.svc.cluster.local."]
+    assert sorted(ptr_targets(server.ask("8.7.244.10.in-addr.arpa", "PTR"))) == sorted(
+        f"10-244-7-8.{svc}.shared.svc.cluster.local."
+        for svc in ("metrics", "web", "web-headless"))

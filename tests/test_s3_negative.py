@@ -340,3 +340,45 @@ def test_s3_out_of_zone_names_are_refused_without_upstreams(
     assert msg.rcode() == REFUSED
     assert not msg.answer and not msg.authority
     assert not msg.flags & dns.flags.AA
+
+
+# ---------------------------------------------- the explanation gives way to records
+
+
+def long_name(length: int, tail: str = "default.svc.cluster.local") -> str:
+    """A name of about ``length`` characters below ``tail``, in labels of up to 60."""
+    need = length - len(tail) - 1
+    labels = []
+    while need > 0:
+        size = min(60, need - 1) if need > 1 else 1
+        labels.append("x" * size)
+        need -= size + 1
+    return ".".join([*labels, tail])
+
+
+@pytest.mark.parametrize("length", [190, 220, 253])
+@pytest.mark.parametrize("rdtype", ["A", "AAAA", "TXT"])
+def test_s3_a_long_nxdomain_at_edns_512_keeps_its_soa_and_shortens_the_explanation(
+        demo: RunningServer, length: int, rdtype: str) -> None:
+    name = long_name(length)
+    msg = demo.ask(name, rdtype, payload=512)
+    wire = msg.to_wire()
+    assert msg.rcode() == NXDOMAIN
+    assert not msg.flags & dns.flags.TC, "TC set although the required SOA fits"
+    soa_of(msg)  # exactly one SOA in Authority
+    assert len(wire) <= 512
+    full = ede_texts(demo.ask(name, rdtype, payload=4096))
+    assert len(full) == 1 and full[0]
+    texts = ede_texts(msg)
+    if texts:  # what is left of the text is the start of it, and it fills the room
+        assert len(texts) == 1 and full[0].startswith(texts[0])
+        assert texts[0] == full[0] or len(wire) == 512
+    else:  # no room even for an empty explanation
+        assert len(wire) > 512 - 6
+
+
+def test_s3_an_explanation_that_fits_is_kept_whole(demo: RunningServer) -> None:
+    name = long_name(120, "nope.svc.cluster.local")
+    msg = demo.ask(name, "A", payload=1232)
+    assert msg.rcode() == NXDOMAIN and not msg.flags & dns.flags.TC
+    assert ede_texts(msg) == ['namespace "nope" not found']
