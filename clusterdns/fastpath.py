@@ -287,7 +287,7 @@ class ReplyCache:
             return True
         if entry is None or len(entry.bodies) != rotations:
             size = len(key_bytes) + ENTRY_OVERHEAD
-            if not self._make_room(table, key_bytes, size):
+            if size + len(body) > self.max_bytes or not self._make_room(table, key_bytes, size):
                 return False
             entry = table[key_bytes] = _Entry(None, cell, rotations, size)
             entry.cursor = index % rotations

@@ -142,7 +142,8 @@ class Hist:
 
 _RCODES = tuple(rcode_name(i) for i in range(16))
 _SIZE_INDEX = [bisect_left(SIZE_BUCKETS, n) for n in range(65536)]
-_NAME_CACHE_MAX = 20_000
+NAME_CACHE_MAX = 20_000
+"""Distinct (name, type) questions whose labels ``observe`` remembers; emptied when full."""
 
 
 class QueryMetrics:
@@ -260,7 +261,7 @@ class QueryMetrics:
                       for zone in self._zones)
         known = (qtype, "kubernetes" if in_zone else None, self._duration(qtype))
         if end == zero + 1:  # the first zero byte ends the name: safe to remember by it
-            if len(self._names) >= _NAME_CACHE_MAX:
+            if len(self._names) >= NAME_CACHE_MAX:
                 self._names.clear()
             self._names[query[12:end + 2]] = known
         return known
