@@ -5,7 +5,9 @@ datagram into a ``Query`` (or raises ``Malformed`` carrying whatever of the head
 question could be read); ``encode`` turns a ``Decision`` into reply bytes, with the
 outcome -> rcode/flags mapping, EDNS (RFC 6891), extended errors (RFC 8914), owner
 names spelled as the query spelled them (DNS 0x20) and truncation at RRset boundaries.
-Replies are written by our own writer; dnslib only parses upstream replies.
+Replies are written, and upstream replies read, by our own code: any octet may appear in
+a label (RFC 2181 §11), which dnslib refuses, and a reply of thousands of records must
+be written in milliseconds.
 """
 
 from __future__ import annotations
@@ -15,8 +17,6 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import dnslib
 
 from clusterdns import records as rr
 from clusterdns.records import Record
@@ -94,8 +94,11 @@ def is_response(flags: int) -> bool:
 
 
 def normal_name(labels: Sequence[bytes]) -> str:
-    """Normal form of wire labels; a dot inside a label is escaped so it matches nothing."""
-    return ".".join(lab.decode("latin-1").replace(".", "\\.") for lab in labels).lower()
+    """Normal form of wire labels; a dot inside a label is escaped so it matches nothing.
+
+    Only ASCII letters are folded (RFC 4343): "É" and "é" are different octets.
+    """
+    return ".".join(lab.lower().decode("latin-1").replace(".", "\\.") for lab in labels)
 
 
 class _Bad(Exception):
@@ -210,8 +213,8 @@ def _options(rdata: bytes) -> tuple[tuple[int, bytes], ...]:
 # Replies are written by ``_Message``, one record at a time, so the size limit is checked
 # as records go in: a headless service of thousands of endpoints is encoded in a few
 # milliseconds, and cutting an RRset that does not fit even a TCP message costs nothing
-# extra (dnslib needed 120 ms to build and pack 5,900 A records, and fitting packed the
-# message again for each step of a binary search).
+# extra (dnslib, which this module used before, needed 120 ms to build and pack 5,900 A
+# records, and fitting packed the message again for each step of a binary search).
 
 MAX_POINTER = 0x3FFF
 """Compression pointers have 14 bits: names written further in are never pointed at."""
@@ -588,28 +591,89 @@ def upstream_query(labels: Sequence[bytes], qtype: int, qclass: int, ident: int,
             + opt)
 
 
-class _PlainBuffer(dnslib.DNSBuffer):  # type: ignore[misc]
-    """A dnslib buffer that writes names whole, so RDATA packed alone can move anywhere."""
+# RDATA layouts with domain names (RFC 3597 §4): the RFC 1035 types, whose names we may
+# compress again when relaying ("n"), and the later ones whose names are read through
+# pointers but written whole ("w"); "2" is a 16-bit field, "t" the rest as it is.
+_RDATA_NAMES: dict[int, str] = {
+    2: "n", 3: "n", 4: "n", 5: "n", 7: "n", 8: "n", 9: "n", 12: "n",  # NS MD MF CNAME MB MG MR PTR
+    6: "nnt", 14: "nn", 15: "2n",  # SOA, MINFO, MX
+    17: "ww", 18: "2w", 21: "2w", 26: "2ww", 33: "222w",  # RP, AFSDB, RT, PX, SRV
+}
 
-    def encode_name(self, name: Any) -> None:
-        self.encode_name_nocompress(name)
+
+def _read_name(data: bytes, pos: int) -> tuple[tuple[bytes, ...], int]:
+    """A possibly compressed name at ``pos``: its labels and the offset after it.
+
+    Every pointer must point before itself (so pointers cannot loop) and the name may
+    not exceed 255 octets. Any octet is legal in a label (RFC 2181 §11).
+    """
+    labels: list[bytes] = []
+    after = -1
+    total = 1
+    n = len(data)
+    while True:
+        if pos >= n:
+            raise _Bad("name runs past the end of the message")
+        length = data[pos]
+        if length >= 0xC0:
+            if pos + 1 >= n:
+                raise _Bad("truncated compression pointer")
+            target = (length & 0x3F) << 8 | data[pos + 1]
+            if target >= pos:
+                raise _Bad("compression pointer does not point backwards")
+            if after < 0:
+                after = pos + 2
+            pos = target
+            continue
+        if length & 0xC0:
+            raise _Bad("extended label type")
+        if length == 0:
+            return tuple(labels), (pos + 1 if after < 0 else after)
+        total += length + 1
+        if total > 255 or pos + 1 + length > n:
+            raise _Bad("name longer than 255 octets or past the end")
+        labels.append(data[pos + 1:pos + 1 + length])
+        pos += 1 + length
 
 
-def _foreign(record: Any) -> _Foreign:
-    """An upstream dnslib RR as a ``_Foreign``: names to compress kept as labels."""
-    data = record.rdata
+def _whole(labels: tuple[bytes, ...]) -> bytes:
+    return b"".join(bytes([len(label)]) + label for label in labels) + b"\x00"
+
+
+def _read_rr(data: bytes, pos: int) -> tuple[_Foreign, int]:
+    owner, pos = _read_name(data, pos)
+    if pos + 10 > len(data):
+        raise _Bad("record header runs past the end")
+    rtype, rclass, ttl, rdlen = _RR_FIXED.unpack_from(data, pos)
+    pos += 10
+    end = pos + rdlen
+    if end > len(data):
+        raise _Bad("record data runs past the end")
+    if ttl & 0x80000000:  # RFC 2181 §8: a TTL with the top bit set means zero
+        ttl = 0
+    layout = _RDATA_NAMES.get(rtype)
     parts: tuple[bytes | tuple[bytes, ...], ...]
-    if record.rtype in _COMPRESSIBLE and isinstance(data, dnslib.SOA):
-        parts = (tuple(data.mname.label), tuple(data.rname.label), _SOA_TIMES.pack(*data.times))
-    elif record.rtype in _COMPRESSIBLE and isinstance(data, dnslib.MX):
-        parts = (_U16.pack(data.preference), tuple(data.label.label))
-    elif record.rtype in _COMPRESSIBLE and isinstance(data, dnslib.CNAME):  # NS, PTR too
-        parts = (tuple(data.label.label),)
+    if layout is None or rclass != 1:
+        parts = (data[pos:end],)
     else:
-        buffer = _PlainBuffer()
-        data.pack(buffer)
-        parts = (bytes(buffer.data),)
-    return _Foreign(tuple(record.rname.label), record.rtype, record.rclass, record.ttl, parts)
+        out: list[bytes | tuple[bytes, ...]] = []
+        at = pos
+        for field in layout:
+            if field == "2":
+                out.append(data[at:at + 2])
+                at += 2
+            elif field == "t":
+                out.append(data[at:end])
+                at = end
+            else:
+                labels, at = _read_name(data, at)
+                out.append(labels if field == "n" else _whole(labels))
+            if at > end:
+                raise _Bad(f"TYPE{rtype} record data runs past its length")
+        if at != end or (rtype == 6 and len(out[2]) != 20):
+            raise _Bad(f"TYPE{rtype} record data does not match its length")
+        parts = tuple(out)
+    return _Foreign(owner, rtype, rclass, ttl, parts), end
 
 
 def read_reply(data: bytes, ident: int, labels: Sequence[bytes], qtype: int,
@@ -624,28 +688,32 @@ def read_reply(data: bytes, ident: int, labels: Sequence[bytes], qtype: int,
     header = peek_header(data)
     if header is None or header[0] != ident or not header[1] & FLAG_QR:
         return None
+    flags = header[1]
+    if (flags >> 11) & 0xF != 0:
+        return None
+    qd, an, ns, ar = struct.unpack_from("!HHHH", data, 4)
+    if qd == 0 and flags & FLAG_TC:
+        return UpstreamReply(flags & 0xF, flags, (), (), (), len(data))
+    if qd != 1:
+        return None
     try:
-        msg = dnslib.DNSRecord.parse(data)
-        flags = header[1]
-        if (flags >> 11) & 0xF != 0:
+        asked, pos = _read_name(data, HEADER.size)
+        if pos + 4 > len(data):
+            raise _Bad("question type and class missing")
+        if ([label.lower() for label in asked] != [label.lower() for label in labels]
+                or struct.unpack_from("!HH", data, pos) != (qtype, qclass)):
             return None
-        if not msg.questions and flags & FLAG_TC:
-            return UpstreamReply(flags & 0xF, flags, (), (), (), len(data))
-        if len(msg.questions) != 1:
-            return None
-        question = msg.questions[0]
-        asked = [label.lower() for label in labels]
-        if ([bytes(label).lower() for label in question.qname.label] != asked
-                or question.qtype != qtype or question.qclass != qclass):
-            return None
-        return UpstreamReply(
-            rcode=flags & 0xF, flags=flags,
-            answer=tuple(_foreign(r) for r in msg.rr),
-            authority=tuple(_foreign(r) for r in msg.auth),
-            additional=tuple(_foreign(r) for r in msg.ar if r.rtype != rr.RRType.OPT),
-            size=len(data))
-    except Exception as exc:  # dnslib raises several kinds on garbage
+        pos += 4
+        sections: list[list[_Foreign]] = [[], [], []]
+        for section, count in enumerate((an, ns, ar)):
+            for _ in range(count):
+                record, pos = _read_rr(data, pos)
+                if record.rtype != rr.RRType.OPT:
+                    sections[section].append(record)
+    except _Bad as exc:
         raise Malformed(f"unparseable upstream reply: {exc}", header, b"") from None
+    return UpstreamReply(flags & 0xF, flags, tuple(sections[0]), tuple(sections[1]),
+                         tuple(sections[2]), len(data))
 
 
 def _soa_minimum(record: _Foreign) -> int:

@@ -271,3 +271,11 @@ def test_s1_additional_forward_zone_serves_the_same_services(
     ptr = server.ask("10.189.108.10.in-addr.arpa", "PTR", tcp=tcp)
     assert [rd.to_text() for rrset in ptr.answer for rd in rrset] == [
         "httpenv.default.svc.cluster.local."]
+
+
+def test_s1_only_ascii_letters_match_without_regard_to_case() -> None:
+    from clusterdns.wire import normal_name
+    assert normal_name([b"HTTPENV", b"Default"]) == "httpenv.default"
+    # RFC 4343 §3: other octets are compared exactly, whatever they look like in latin-1.
+    assert normal_name([b"\xc9t\xc9"]) != normal_name([b"\xe9t\xe9"])
+    assert normal_name([b"\xc9T\xc9"]) == "\xc9t\xc9"
