@@ -56,6 +56,10 @@ class ServerOptions:
     so pipelining clients cannot keep UDP queries waiting."""
     tcp_write_high_water: int = 64 * 1024
     """Unsent reply bytes on a connection above which we stop reading its queries."""
+    tcp_socket_buffer: int = 64 * 1024
+    """SO_RCVBUF and SO_SNDBUF of TCP connections (the kernel doubles them): what a client
+    that writes without reading can park in the kernel on our side. DNS over TCP needs
+    no more than a message or two in flight; autotuned buffers grow to megabytes."""
     tcp_backlog: int = 511
     stop_grace: float = 1.0
     """Seconds stop() lets TCP connections flush replies already written before aborting."""
@@ -116,7 +120,8 @@ class DNSServer:
         loop = asyncio.get_running_loop()
         try:
             for host, port in listen:
-                udp_sock, tcp_sock = _bind_pair(host, port, self.options.reuse_port)
+                udp_sock, tcp_sock = _bind_pair(host, port, self.options.reuse_port,
+                                                self.options.tcp_socket_buffer)
                 try:
                     udp = await loop.create_datagram_endpoint(
                         lambda: _UDPProtocol(self), sock=udp_sock)
@@ -202,8 +207,8 @@ class DNSServer:
         task.add_done_callback(finished)
 
 
-def _bind_pair(host: str, port: int,
-               reuse_port: bool = False) -> tuple[socket.socket, socket.socket]:
+def _bind_pair(host: str, port: int, reuse_port: bool = False,
+               socket_buffer: int = 0) -> tuple[socket.socket, socket.socket]:
     """A bound UDP socket and a bound TCP socket on the same address and port.
 
     With port 0 the kernel picks the UDP port and TCP binds the same number; if that
@@ -217,7 +222,8 @@ def _bind_pair(host: str, port: int,
         udp = _bound_socket(family, socket.SOCK_DGRAM, host, port, reuse_port)
         chosen: int = udp.getsockname()[1]
         try:
-            tcp = _bound_socket(family, socket.SOCK_STREAM, host, chosen, reuse_port)
+            tcp = _bound_socket(family, socket.SOCK_STREAM, host, chosen, reuse_port,
+                                socket_buffer)
         except BaseException as exc:
             udp.close()
             if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE and attempts_left:
@@ -229,7 +235,7 @@ def _bind_pair(host: str, port: int,
 
 def _bound_socket(
     family: socket.AddressFamily, kind: socket.SocketKind, host: str, port: int,
-    reuse_port: bool = False,
+    reuse_port: bool = False, socket_buffer: int = 0,
 ) -> socket.socket:
     sock = socket.socket(family, kind)
     try:
@@ -239,6 +245,9 @@ def _bound_socket(
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         if kind == socket.SOCK_STREAM:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if socket_buffer:  # accepted connections inherit them from the listener
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, socket_buffer)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, socket_buffer)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
@@ -400,11 +409,21 @@ class Turns:
             self._arm()  # the next turn renews the budget (and serves the line)
 
 
-class _TCPConnection(asyncio.Protocol):
+MAX_TCP_INPUT = 2 + MAX_TCP_MESSAGE
+"""Bytes read from a TCP connection and not yet answered: one whole message of the
+largest size. Reads never take more (``get_buffer``); a connection whose buffer holds
+complete queries waits for its turn without reading."""
+_READ_SCRATCH = memoryview(bytearray(MAX_TCP_INPUT))
+"""Where every connection's reads land first (one at a time, on the loop's thread)."""
+
+
+class _TCPConnection(asyncio.BufferedProtocol):
     """One RFC 7766 connection: length-prefixed queries in, replies out in the same order.
 
     Reading stops while unsent replies exceed the high-water mark (the client is not
     reading them) or while complete queries wait in line for their turn (``Turns``).
+    At most ``MAX_TCP_INPUT`` bytes are held per connection: each read is given only the
+    room left.
     """
 
     def __init__(self, server: DNSServer) -> None:
@@ -436,8 +455,13 @@ class _TCPConnection(asyncio.Protocol):
         self._last_query = loop.time()
         self._idle_timer = loop.call_later(server.options.tcp_idle_timeout, self._check_idle)
 
-    def data_received(self, data: bytes) -> None:
-        self._buffer += data
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # At least one byte: an empty buffer would be a fatal error for the transport
+        # (and the buffer is full only while complete queries wait, with reading paused).
+        return _READ_SCRATCH[:max(1, MAX_TCP_INPUT - len(self._buffer))]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._buffer += _READ_SCRATCH[:nbytes]
         self._ready()
 
     def eof_received(self) -> bool:

@@ -9,6 +9,7 @@ keeps running) and raw non-blocking sockets for the framing edge cases.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import socket
@@ -22,7 +23,7 @@ import dns.query
 import dns.rrset
 import pytest
 
-from clusterdns.server import DNSServer, Handle, ServerOptions, Turns
+from clusterdns.server import MAX_TCP_INPUT, DNSServer, Handle, ServerOptions, Turns
 
 BOOM = dns.name.from_text("boom.example.")
 DROP = dns.name.from_text("drop.example.")
@@ -435,6 +436,36 @@ async def test_many_pipelining_connections_share_one_budget_per_loop_turn(
     assert sum(tcp_turns.values()) == 600
     assert max(tcp_turns.values()) <= 8
     assert server.turns.most <= 8
+
+
+async def test_a_client_writing_without_reading_parks_at_most_one_message_in_the_server(
+        servers: Servers, clients: Clients) -> None:
+    loop = asyncio.get_running_loop()
+    biggest = 0
+
+    def watch() -> None:  # the bytes each connection holds, every loop turn
+        nonlocal biggest
+        for conn in server._connections:
+            biggest = max(biggest, len(conn._buffer))
+        ticker[0] = loop.call_soon(watch)
+
+    server = await servers.start(ServerOptions(tcp_queries_per_turn=8))
+    ticker = [loop.call_soon(watch)]
+    try:
+        sock = await clients.tcp(server.bound[0][1])
+        batch = b"".join(frame(f"q{i}.example.", i) for i in range(1000))  # ~33 kB
+        with contextlib.suppress(TimeoutError):  # until the kernel buffers are full
+            async with asyncio.timeout(1.0):
+                for _ in range(100):
+                    await loop.sock_sendall(sock, batch)
+        await asyncio.sleep(0.2)
+        (conn,) = server._connections
+        rcvbuf = conn.transport.get_extra_info("socket").getsockopt(
+            socket.SOL_SOCKET, socket.SO_RCVBUF)
+    finally:
+        ticker[0].cancel()
+    assert 0 < biggest <= MAX_TCP_INPUT
+    assert rcvbuf <= 2 * ServerOptions().tcp_socket_buffer  # the kernel doubles it
 
 
 async def test_tcp_answers_queries_sent_before_the_client_half_closes(
