@@ -71,7 +71,7 @@ import dns.rdatatype
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.cluster import namespace_of, objects
-from bench.dnsperf_common import free_port, machine_load, wait_answering
+from bench.dnsperf_common import free_port, machine_load, table_for, wait_answering
 from bench.scale import (
     ROOT,
     RSS_TARGET_MB,
@@ -487,9 +487,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main_table(runs: int = 3) -> Table:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return measure(parser.parse_args(["--runs", str(runs)]))
+    return table_for(add_arguments, measure, runs)
 
 
 def main() -> None:

@@ -76,6 +76,7 @@ from bench.dnsperf_common import (
     machine_load,
     process_cpu_seconds,
     stop,
+    table_for,
     wait_answering,
 )
 from bench.run_all import Table, markdown
@@ -787,9 +788,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main_table(runs: int = 3) -> Table:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return measure(parser.parse_args(["--runs", str(runs)]))
+    return table_for(add_arguments, measure, runs)
 
 
 def main() -> None:

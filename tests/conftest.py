@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -164,6 +165,24 @@ def rrset_texts(msg: dns.message.Message, section: str = "answer") -> list[str]:
 def addresses(msg: dns.message.Message, rdtype: str = "A") -> list[str]:
     t = dns.rdatatype.from_text(rdtype)
     return [rd.to_text() for rrset in msg.answer if rrset.rdtype == t for rd in rrset]
+
+
+def raw_exchange(server: RunningServer, query: bytes, *, tcp: bool,
+                 timeout: float = 3.0) -> bytes:
+    """Send one query as raw bytes and return the raw reply bytes."""
+    if tcp:
+        with socket.create_connection((server.host, server.port), timeout=timeout) as conn:
+            conn.sendall(struct.pack("!H", len(query)) + query)
+            data = b""
+            while len(data) < 2 or len(data) < 2 + struct.unpack("!H", data[:2])[0]:
+                chunk = conn.recv(65535)
+                assert chunk, "connection closed early"
+                data += chunk
+            return data[2:]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.sendto(query, (server.host, server.port))
+        return sock.recvfrom(65535)[0]
 
 
 def free_port() -> int:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import socket
-import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,7 +23,7 @@ import dns.rdatatype
 import pytest
 
 from clusterdns.config import SourceSpec
-from conftest import RunningServer, _start, _stop, demo_config
+from conftest import RunningServer, _start, _stop, demo_config, raw_exchange
 
 SIZES = {"fits": 4000, "over": 5900, "huge": 10_000}
 TCP_MAX = 65535
@@ -107,15 +105,8 @@ def quick_answers(reply: bytes) -> list[str]:
 
 
 def tcp_raw(server: RunningServer, qname: str, rdtype: str) -> bytes:
-    wire = dns.message.make_query(qname, rdtype, use_edns=0).to_wire()
-    with socket.create_connection((server.host, server.port), timeout=10) as conn:
-        conn.sendall(struct.pack("!H", len(wire)) + wire)
-        data = b""
-        while len(data) < 2 or len(data) < 2 + struct.unpack("!H", data[:2])[0]:
-            chunk = conn.recv(65536)
-            assert chunk, "connection closed early"
-            data += chunk
-    return data[2:]
+    query = dns.message.make_query(qname, rdtype, use_edns=0).to_wire()
+    return raw_exchange(server, query, tcp=True, timeout=10)
 
 
 def extended_errors(reply: dns.message.Message) -> list[str]:

@@ -10,7 +10,6 @@ slices); those tests write a small dump to a temporary file and start their own 
 from __future__ import annotations
 
 import ipaddress
-import socket
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +23,7 @@ import dns.rdtypes.IN.SRV
 import pytest
 
 from clusterdns.config import PodsMode, SourceSpec
-from conftest import RunningServer, addresses, rrset_texts
+from conftest import RunningServer, addresses, raw_exchange, rrset_texts
 
 HTTPENV_PODS = {  # pod name -> IP, from the httpenv Deployment in the demo
     "httpenv-6fdc8554fb-2kqvd": "10.244.1.11",
@@ -65,23 +64,6 @@ def additional_addresses(msg: dns.message.Message) -> dict[str, set[str]]:
             out.setdefault(rrset.name.to_text().lower(), set()).update(
                 rd.to_text() for rd in rrset)
     return out
-
-
-def raw_exchange(server: RunningServer, query: bytes, *, tcp: bool) -> bytes:
-    """Send one query as raw bytes and return the raw reply bytes."""
-    if tcp:
-        with socket.create_connection((server.host, server.port), timeout=3) as conn:
-            conn.sendall(struct.pack("!H", len(query)) + query)
-            data = b""
-            while len(data) < 2 or len(data) < 2 + struct.unpack("!H", data[:2])[0]:
-                chunk = conn.recv(65535)
-                assert chunk, "connection closed early"
-                data += chunk
-            return data[2:]
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(3)
-        sock.sendto(query, (server.host, server.port))
-        return sock.recvfrom(65535)[0]
 
 
 def assert_positive(reply: dns.message.Message) -> None:
