@@ -30,7 +30,7 @@ from clusterdns.fastpath import ReplyCache
 from clusterdns.handler import Handler
 from clusterdns.metrics import QueryMetrics
 from clusterdns.snapshot import SnapshotRef, unsynced
-from clusterdns.source.file import load_files
+from clusterdns.source.dump import load_files
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "config" / "demo-cluster.yaml"

@@ -97,7 +97,7 @@ def child_build(path: Path) -> dict[str, float]:
     """Load ``path`` and build the first snapshot, as the server does; times and RSS."""
     from clusterdns.config import Config
     from clusterdns.snapshot import SnapshotRef, unsynced
-    from clusterdns.source.file import load_files
+    from clusterdns.source.dump import load_files
 
     config = Config()
     ref = SnapshotRef(unsynced(config))
@@ -121,7 +121,7 @@ def child_bytes(path: Path) -> dict[str, float]:
 
     from clusterdns.config import Config
     from clusterdns.snapshot import SnapshotRef, unsynced
-    from clusterdns.source.file import load_files
+    from clusterdns.source.dump import load_files
 
     config = Config()
     ref = SnapshotRef(unsynced(config))

@@ -46,7 +46,8 @@ from clusterdns.reload import ConfigWatcher
 from clusterdns.server import DNSServer, Observe, ServerOptions
 from clusterdns.snapshot import Snapshot, SnapshotRef, unsynced
 from clusterdns.source import KubeSourceError
-from clusterdns.source.file import FileSource, SourceError
+from clusterdns.source.dump import SourceError
+from clusterdns.source.file import FileSource
 from clusterdns.store import Key, Kind
 
 if TYPE_CHECKING:
@@ -115,7 +116,6 @@ class App:
             self.file = FileSource(config.source.paths, config.poll_interval)
         else:
             self.kube = kube or _kube_source(config)
-        self._file_cluster: Cluster | None = None
         self._dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
@@ -168,35 +168,23 @@ class App:
     def _next_publish(self) -> Callable[[], Snapshot]:
         """Decide, on the loop thread that owns the store, what the next publish does.
 
-        The Kubernetes store's changed keys become deltas when the last build came from
-        that same store under the same config; otherwise (first sync, a new source, a
-        config change, too many changes, the file source) it is a full build.
+        The source's changed keys become deltas when the last build came from that
+        same store under the same config; otherwise (first sync, a new source, a config
+        change, too many changes) it is a full build.
         """
-        kube = self.kube
-        if kube is None:
-            cluster = self._current_cluster()
-            return lambda: self.publish(cluster)
-        store = kube.store
+        source = self.kube or self.file
+        assert source is not None
+        store = source.store
         changes = store.take_changes()
         if changes is not None and self.ref.can_apply(self.config, store):
             deltas = [(KIND_TYPES[kind], key, obj) for kind, key, obj in changes]
             return lambda: self.publish_changes(deltas)
-        cluster = kube.cluster()
+        cluster = source.cluster()
         return lambda: self.publish(cluster, store)
 
     def changed(self) -> None:
         """A source has something new; the rebuild task will pick it up."""
         self._dirty.set()
-
-    def _file_changed(self, cluster: Cluster) -> None:
-        self._file_cluster = cluster
-        self.changed()
-
-    def _current_cluster(self) -> Cluster:
-        if self.kube is not None:
-            return self.kube.cluster()
-        assert self._file_cluster is not None
-        return self._file_cluster
 
     async def _rebuild_loop(self) -> None:
         while True:
@@ -223,7 +211,7 @@ class App:
         """Load (file), bind, publish (file), then watch. Raises on a broken start."""
         self._started_at = time.monotonic()
         if self.file is not None:
-            self._file_cluster = self.file.load()
+            self.file.load()
         elif self.kube is not None:
             await self.kube.connect()
         await self.server.start([(a.host, a.port) for a in self.config.listen])
@@ -232,12 +220,13 @@ class App:
         if self.forwarder is not None:  # needs our bound addresses to skip ourselves
             await self.forwarder.start(self.server.bound)
         await self.http.start()  # before the first sync, so /ready can say 503
-        if self._file_cluster is not None:
-            snap = self.publish(self._file_cluster)
+        if self.file is not None:
+            self.file.store.take_changes()  # what the first build covers
+            snap = self.publish(self.file.cluster(), self.file.store)
             log.info("published snapshot serial %d (%d names)", snap.serial, len(snap.nodes))
         self._spawn("rebuild", self._rebuild_loop())
         if self.file is not None:
-            self._spawn("file-source", self.file.run(self._file_changed))
+            self._spawn("file-source", self.file.run(self.changed))
         elif self.kube is not None:
             self._spawn("kube-source", self.kube.run(self.changed))
 
@@ -297,10 +286,9 @@ class App:
         restart = any(getattr(old, k) != getattr(new, k) for k in SOURCE_KEYS)
         file: FileSource | None = None
         kube: KubeSource | None = None
-        cluster: Cluster | None = None
         if restart and new.source.kind == "file":
             file = FileSource(new.source.paths, new.poll_interval)
-            cluster = await asyncio.to_thread(file.load)
+            await file.load_async()
         elif restart:
             kube = _kube_source(new)
             await kube.connect()
@@ -310,9 +298,8 @@ class App:
         if restart:
             await self._stop_source()
             self.file, self.kube = file, kube
-            if file is not None and cluster is not None:
-                self._file_cluster = cluster
-                self._spawn("file-source", file.run(self._file_changed))
+            if file is not None:
+                self._spawn("file-source", file.run(self.changed))
             elif kube is not None:
                 self._spawn("kube-source", kube.run(self.changed))
         if any(getattr(old, k) != getattr(new, k) for k in FORWARD_KEYS):

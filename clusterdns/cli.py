@@ -23,7 +23,7 @@ from clusterdns import __version__, config, corefile, snapshot
 from clusterdns.config import Config, ConfigError
 from clusterdns.records import to_text
 from clusterdns.source import KubeSourceError
-from clusterdns.source.file import SourceError, load_files
+from clusterdns.source.dump import SourceError, load_files
 
 log = logging.getLogger("clusterdns")
 

@@ -8,9 +8,11 @@ their canonical text form (``ipaddress`` normalised), names lower-cased.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 
 class ServiceKind(Enum):
@@ -151,11 +153,30 @@ class EndpointSlice:
         return (f"EndpointSlice({self.namespace!r}, {self.name!r}, {self.service!r}, "
                 f"{self.address_type!r}, {self.endpoints!r}, {self.ports!r})")
 
+    def __reduce__(self) -> tuple[Any, tuple[object, ...]]:
+        # The columns as they are (the file source's loader pickles slices across a pipe).
+        return (_slice_from_columns, self._key())
+
     def __setattr__(self, key: str, value: object) -> None:
         raise AttributeError(f"EndpointSlice is immutable: cannot set {key!r}")
 
     def __delattr__(self, key: str) -> None:
         raise AttributeError(f"EndpointSlice is immutable: cannot delete {key!r}")
+
+
+def _slice_from_columns(*columns: Any) -> EndpointSlice:
+    """An ``EndpointSlice`` from the values ``_key`` lists (unpickling); names interned."""
+    out = object.__new__(EndpointSlice)
+    namespace, name, service, address_type, *rest = columns
+    values = (sys.intern(namespace), name, sys.intern(service), sys.intern(address_type),
+              *rest)
+    for slot, value in zip(_SLICE_COLUMNS, values, strict=True):
+        object.__setattr__(out, slot, value)
+    return out
+
+
+_SLICE_COLUMNS = ("namespace", "name", "service", "address_type", "ports", "_addresses",
+                  "_ready", "_hostnames", "_pod_names")
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from clusterdns.config import Config, ConfigError
 from clusterdns.source import KubeSourceError
-from clusterdns.source.file import SourceError
+from clusterdns.source.dump import SourceError
 
 log = logging.getLogger(__name__)
 

@@ -86,18 +86,47 @@ class Store:
 
     def replace(self, kind: Kind, objs: Iterable[KubeObject], scope: str = "") -> bool:
         """After a list: ``kind``'s objects within ``scope`` become exactly ``objs``."""
+        return self.install(kind, *self.diff(kind, objs, scope), scope)
+
+    def diff(self, kind: Kind, objs: Iterable[KubeObject],
+             scope: str = "") -> tuple[dict[Key, KubeObject], list[Key]]:
+        """What ``replace`` would make of ``kind`` within ``scope``, without changing
+        anything (so it may run in another thread while nothing writes the store).
+
+        Returns the new objects, where every object equal to the stored one *is* the
+        stored one (a relist or a reloaded dump then leaves one copy in memory, not
+        two), and the keys that changed, deleted ones included.
+        """
         objects = self._objects[kind]
-        fresh = {key_of(o): o for o in objs}
-        old = {k: v for k, v in objects.items() if k[0] == scope} if scope else objects
-        if old == fresh:
+        merged: dict[Key, KubeObject] = {}
+        changed: list[Key] = []
+        for obj in objs:
+            key = key_of(obj)
+            old = objects.get(key)
+            if old is not None and (not scope or key[0] == scope) and old == obj:
+                merged[key] = old
+            else:
+                merged[key] = obj
+                changed.append(key)
+        for key in objects:
+            if (not scope or key[0] == scope) and key not in merged:
+                changed.append(key)
+        return merged, changed
+
+    def install(self, kind: Kind, merged: dict[Key, KubeObject], changed: list[Key],
+                scope: str = "") -> bool:
+        """Make ``diff``'s result current; True when anything changed."""
+        if not changed:
             return False
-        for key in old.keys() - fresh.keys():
-            del objects[key]
+        objects = self._objects[kind]
+        if not scope:
+            self._objects[kind] = merged
+        else:
+            for key in changed:
+                objects.pop(key, None)
+            objects.update((key, merged[key]) for key in changed if key in merged)
+        for key in changed:
             self._changed(kind, key)
-        for key, obj in fresh.items():
-            if old.get(key) != obj:
-                self._changed(kind, key)
-        objects.update(fresh)
         self.generation += 1
         return True
 

@@ -33,7 +33,7 @@ from clusterdns.config import Config, ListenAddr, PodsMode, SourceSpec
 from clusterdns.fastpath import TCP4, UDP4, ReplyCache, plain_query
 from clusterdns.handler import Handler
 from clusterdns.snapshot import Snapshot, SnapshotRef, unsynced
-from clusterdns.source.file import load_files
+from clusterdns.source.dump import load_files
 from conftest import DEMO_CLUSTER, EXTRA_CLUSTER, RunningServer, addresses
 
 SERVER_MAX = 1232

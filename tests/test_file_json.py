@@ -20,8 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clusterdns.objects import Cluster, Namespace
-from clusterdns.source import file as file_source
-from clusterdns.source.file import FileSource, LoadResult, SourceError, load_files
+from clusterdns.source import dump as file_source
+from clusterdns.source.dump import LoadResult, SourceError, load_files
+from clusterdns.source.file import FileSource
 
 NAMESPACE = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "prod"}}
 
@@ -181,23 +182,24 @@ def test_a_json_nested_too_deeply_is_a_source_error(tmp_path: Path) -> None:
 def test_file_source_serves_a_json_dump_and_reloads_it_when_it_changes(
         tmp_path: Path) -> None:
     path = write_json(tmp_path / "dump.json", kubectl_list(NAMESPACE))
-    source = FileSource([path], poll_interval=0.01)
+    source = FileSource([path], poll_interval=0.01, settle=0.05)
     assert source.load().namespaces == (Namespace("prod"),)
     write_json(path, kubectl_list(NAMESPACE, service("web", "10.96.0.10")))
-    published: list[Cluster] = []
+    changes: list[None] = []
 
     async def watch() -> None:
-        task = asyncio.create_task(source.run(published.append))
+        task = asyncio.create_task(source.run(lambda: changes.append(None)))
         try:
             for _ in range(500):
-                if published:
+                if changes:
                     return
                 await asyncio.sleep(0.01)
         finally:
             task.cancel()
 
     asyncio.run(watch())
-    assert [s.name for s in published[0].services] == ["web"]
+    assert changes
+    assert [s.name for s in source.cluster().services] == ["web"]
 
 
 # ----------------------------------------------- a List is read one item at a time

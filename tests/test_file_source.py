@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from clusterdns.objects import Cluster, Namespace, Pod, ServiceKind
-from clusterdns.source.file import FileSource, LoadResult, SourceError, load_files
+from clusterdns.source.dump import LoadResult, SourceError, load_files
+from clusterdns.source.file import FileSource
 
 DEMO = Path(__file__).parent.parent / "config" / "demo-cluster.yaml"
 LOGGER = "clusterdns.source.file"
@@ -313,8 +314,8 @@ class StepSleep:
 
 
 @asynccontextmanager
-async def running(source: FileSource, publish: Callable[[Cluster], None]) -> AsyncIterator[None]:
-    task = asyncio.create_task(source.run(publish))
+async def running(source: FileSource, changed: Callable[[], None]) -> AsyncIterator[None]:
+    task = asyncio.create_task(source.run(changed))
     try:
         yield
     finally:
@@ -326,14 +327,31 @@ def service_names(cluster: Cluster) -> list[str]:
     return [s.name for s in cluster.services]
 
 
+class Published:
+    """What ``run`` made current each time it said something changed."""
+
+    def __init__(self, source: FileSource) -> None:
+        self.source = source
+        self.clusters: list[Cluster] = []
+        self.queue: asyncio.Queue[Cluster] = asyncio.Queue()
+
+    def __call__(self) -> None:
+        cluster = self.source.cluster()
+        self.clusters.append(cluster)
+        self.queue.put_nowait(cluster)
+
+    def names(self) -> list[list[str]]:
+        return [service_names(c) for c in self.clusters]
+
+
 async def test_run_publishes_an_edited_file(tmp_path: Path) -> None:
     path = write(tmp_path / "dump.yaml", service_doc("web"))
-    source = FileSource([path], poll_interval=0.05)
+    source = FileSource([path], poll_interval=0.05, settle=0.05)
     assert service_names(source.load()) == ["web"]
-    published: asyncio.Queue[Cluster] = asyncio.Queue()
-    async with running(source, published.put_nowait):
+    published = Published(source)
+    async with running(source, published):
         write(path, service_doc("web") + "---\n" + service_doc("api", "10.96.0.2"))
-        cluster = await asyncio.wait_for(published.get(), timeout=5)
+        cluster = await asyncio.wait_for(published.queue.get(), timeout=5)
     assert service_names(cluster) == ["web", "api"]
 
 
@@ -341,10 +359,10 @@ async def test_run_keeps_the_previous_snapshot_when_an_edit_is_broken(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = write(tmp_path / "dump.yaml", service_doc("web"))
     sleep = StepSleep()
-    source = FileSource([path], poll_interval=0.05, sleep=sleep)
+    source = FileSource([path], poll_interval=0.05, settle=0.0, sleep=sleep)
     source.load()
-    published: list[Cluster] = []
-    async with running(source, published.append):
+    published = Published(source)
+    async with running(source, published):
         await sleep.wait_asleep()
         write(path, "kind: [\n")
         await sleep.step()
@@ -353,52 +371,53 @@ async def test_run_keeps_the_previous_snapshot_when_an_edit_is_broken(
                                 "at line 2, column 1: ")
         await sleep.step()  # unchanged since the failure: no retry, no second error
         assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 1
-        assert published == []
+        assert published.clusters == []
+        assert service_names(source.cluster()) == ["web"]
         write(path, service_doc("fixed"))
         await sleep.step()
-    assert [service_names(c) for c in published] == [["fixed"]]
+    assert published.names() == [["fixed"]]
 
 
 async def test_run_keeps_the_previous_snapshot_while_a_file_is_missing(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = write(tmp_path / "dump.yaml", service_doc("web"))
     sleep = StepSleep()
-    source = FileSource([path], sleep=sleep)
+    source = FileSource([path], settle=0.0, sleep=sleep)
     source.load()
-    published: list[Cluster] = []
-    async with running(source, published.append):
+    published = Published(source)
+    async with running(source, published):
         await sleep.wait_asleep()
         path.unlink()
         await sleep.step()
-        assert published == []
+        assert published.clusters == []
         assert any("keeping the previous snapshot" in r.getMessage() and "cannot read" in
                    r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
         write(path, service_doc("back"))
         await sleep.step()
-    assert [service_names(c) for c in published] == [["back"]]
+    assert published.names() == [["back"]]
 
 
 async def test_run_does_not_reload_an_unchanged_file(tmp_path: Path) -> None:
     path = write(tmp_path / "dump.yaml", service_doc("web"))
     sleep = StepSleep()
-    source = FileSource([path], sleep=sleep)
+    source = FileSource([path], settle=0.0, sleep=sleep)
     source.load()
-    published: list[Cluster] = []
-    async with running(source, published.append):
+    published = Published(source)
+    async with running(source, published):
         await sleep.wait_asleep()
         for _ in range(3):
             await sleep.step()
-    assert published == []
+    assert published.clusters == []
 
 
 async def test_run_notices_a_same_size_rewrite_with_the_same_mtime(tmp_path: Path) -> None:
     path = write(tmp_path / "dump.yaml", service_doc("aaa"))
     before = path.stat()
     sleep = StepSleep()
-    source = FileSource([path], sleep=sleep)
+    source = FileSource([path], settle=0.0, sleep=sleep)
     source.load()
-    published: list[Cluster] = []
-    async with running(source, published.append):
+    published = Published(source)
+    async with running(source, published):
         await sleep.wait_asleep()
         replacement = write(tmp_path / "dump.yaml.new", service_doc("bbb"))
         os.utime(replacement, ns=(before.st_atime_ns, before.st_mtime_ns))
@@ -406,31 +425,32 @@ async def test_run_notices_a_same_size_rewrite_with_the_same_mtime(tmp_path: Pat
         after = path.stat()
         assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
         await sleep.step()
-    assert [service_names(c) for c in published] == [["bbb"]]
+    assert published.names() == [["bbb"]]
 
 
 async def test_run_loads_and_publishes_at_once_when_load_was_not_called(tmp_path: Path) -> None:
     path = write(tmp_path / "dump.yaml", service_doc("web"))
     sleep = StepSleep()
-    published: list[Cluster] = []
-    async with running(FileSource([path], sleep=sleep), published.append):
+    source = FileSource([path], settle=0.0, sleep=sleep)
+    published = Published(source)
+    async with running(source, published):
         await sleep.wait_asleep()
-    assert [service_names(c) for c in published] == [["web"]]
+    assert published.names() == [["web"]]
 
 
 async def test_run_polls_on_a_fixed_cadence_whatever_a_reload_costs(tmp_path: Path) -> None:
     path = write(tmp_path / "dump.yaml", service_doc("web"))
     now = [100.0]
     sleep = StepSleep()
-    published: list[Cluster] = []
+    changes: list[None] = []
 
-    def publish(cluster: Cluster) -> None:  # publishing takes half a second
-        published.append(cluster)
+    def changed() -> None:  # handling the change takes half a second
+        changes.append(None)
         now[0] += 0.5
 
-    async with running(FileSource([path], poll_interval=2.0, clock=lambda: now[0],
-                                  sleep=sleep), publish):
+    async with running(FileSource([path], poll_interval=2.0, settle=0.0,
+                                  clock=lambda: now[0], sleep=sleep), changed):
         await sleep.wait_asleep()  # the first poll loads and publishes
         await sleep.step()  # nothing changed
     assert sleep.durations == [1.5, 2.0]
-    assert len(published) == 1
+    assert len(changes) == 1

@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 from clusterdns.config import Config, ListenAddr, PodsMode, SourceSpec
 from clusterdns.handler import Handler
 from clusterdns.snapshot import SnapshotRef, unsynced
-from clusterdns.source.file import load_files
+from clusterdns.source.dump import load_files
 from conftest import DEMO_CLUSTER, EXTRA_CLUSTER
 
 SERVER_MAX = 1232

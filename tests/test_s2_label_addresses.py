@@ -27,7 +27,7 @@ from clusterdns import names
 from clusterdns.config import Config, PodsMode, SourceSpec
 from clusterdns.handler import Handler
 from clusterdns.snapshot import SnapshotRef, unsynced
-from clusterdns.source.file import load_files
+from clusterdns.source.dump import load_files
 from conftest import DEMO_CLUSTER, EXTRA_CLUSTER, RunningServer
 
 SETTINGS = settings(max_examples=800, deadline=None, database=None,

@@ -24,7 +24,7 @@ from clusterdns.handler import Handler
 from clusterdns.metrics import NAME_CACHE_MAX, QueryMetrics
 from clusterdns.resolve import MAX_ROTATIONS
 from clusterdns.snapshot import SnapshotRef, unsynced
-from clusterdns.source.file import load_files
+from clusterdns.source.dump import load_files
 from conftest import DEMO_CLUSTER, EXTRA_CLUSTER
 
 BIG = "big.team-a.svc.cluster.local."  # a headless service of 120 endpoints

@@ -18,7 +18,7 @@ import pytest
 from clusterdns.config import Config, ListenAddr, PodsMode, SourceSpec
 from clusterdns.handler import Handler
 from clusterdns.snapshot import SnapshotRef, unsynced
-from clusterdns.source.file import load_files
+from clusterdns.source.dump import load_files
 from conftest import DEMO_CLUSTER, EXTRA_CLUSTER
 
 

@@ -1,367 +1,64 @@
-"""The file source: serve a cluster dump instead of a live API server.
+"""The file source: serve a cluster dump, and follow it as it is rewritten.
 
-``kubectl get ns,svc,endpointslices,pods -A -o yaml > dump.yaml`` captures everything
-DNS needs from a cluster; pointing clusterdns at that file lets people test names with
-dig offline, reproduce a user's problem from their dump, and run the demo. Each file may
-hold several YAML documents, each a single object or a ``kind: List`` (or ``ServiceList``
-and the like) with ``items``. ``-o json`` dumps (a ``.json`` name, or text that starts
-with ``{`` or ``[`` and parses as JSON) are read with the ``json`` module: a 35 MB List at
-10k Services and 100k endpoints takes PyYAML about ten seconds, ``json`` well under one;
-a JSON List is decoded one item at a time, so its raw dicts never all exist at once. A
-top-level JSON array counts as one document per element.
+A dump (``source.dump``) is read once at start, in-process, before anything is served.
+After that the files are polled (their size, mtime and inode) and a changed dump is
+loaded only when it is safe and cheap to do so:
 
-A file that cannot be read or parsed fails the whole load (``SourceError``): serving half
-a cluster would turn real names into NXDOMAIN. A single malformed object is skipped with
-a warning that says where it is (file, 1-based document and item numbers, the object,
-the field). ``FileSource`` polls the files' stat data and reloads on change; a broken
-edit is logged and the previous snapshot keeps serving.
+- **Settled.** ``kubectl get ... > dump.yaml`` truncates the file first and writes it
+  later; an editor or a slow writer may rewrite it in place. A change is loaded only
+  once the files' size, mtime and inode have stayed the same for ``settle`` seconds
+  (half a second by default), re-checked every tenth of a second.
+- **Not empty.** A load that finds no objects at all, after one that found some, is
+  refused with a warning: an empty or truncated file is a writer at work, not a
+  cluster that lost every namespace. The previous answers keep serving.
+- **In a child process.** Parsing holds the GIL for long stretches (``source.loader``),
+  so it runs in a child interpreter that streams the objects back in small batches.
+- **As changes.** The new objects are compared with the current ones in a worker thread
+  (equal objects keep the current instance, so memory holds one copy) and only the
+  changed keys are installed in ``store``; the app then publishes them as snapshot
+  deltas, like watch events, instead of rebuilding everything.
+
+A file that cannot be read or parsed is logged and the previous answers keep serving;
+so does a malformed object, which is skipped with a warning (``source.dump``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import re
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any, TextIO
 
-import yaml
-
-from clusterdns.convert import SUPPORTED_KINDS, ConvertError, convert, describe
 from clusterdns.objects import Cluster, EndpointSlice, KubeObject, Namespace, Pod, Service
-
-try:
-    from yaml import CSafeLoader as _YamlLoader
-except ImportError:  # PyYAML built without libyaml
-    from yaml import SafeLoader as _YamlLoader  # type: ignore[assignment]
+from clusterdns.source.dump import LoadResult, SourceError, load_files
+from clusterdns.source.loader import load_in_child
+from clusterdns.store import Key, Kind, Store, key_of
 
 _log = logging.getLogger(__name__)
 
-_FIRST_NON_SPACE = re.compile(r"\S")
+SETTLE = 0.5
+"""Seconds the files must stay unchanged before a change is loaded."""
+SETTLE_STEP = 0.1
+"""Seconds between checks while waiting for the files to settle."""
+STILL_CHANGING = 30.0
+"""Seconds of constant change after which a warning says the dump never settles."""
+
+_KINDS: dict[type[KubeObject], Kind] = {
+    Namespace: Kind.NAMESPACE, Service: Kind.SERVICE, EndpointSlice: Kind.ENDPOINT_SLICE,
+    Pod: Kind.POD}
 
 # (mtime_ns, size, inode) of a path, or None when it cannot be stat'ed.
 _FileState = tuple[int, int, int] | None
 
 
-class SourceError(Exception):
-    """A file cannot be read or parsed; the message names the file."""
-
-
-@dataclass(frozen=True)
-class LoadResult:
-    cluster: Cluster
-    warnings: tuple[str, ...]  # one per skipped object or document
-    ignored: Mapping[str, int]  # unsupported kind -> number of objects
-
-
-def load_files(paths: Sequence[Path]) -> LoadResult:
-    """Read and convert every object in ``paths``; the last of duplicate objects wins.
-
-    Raises ``SourceError`` when any file cannot be read or parsed.
-    """
-    collector = _Collector()
-    for path in paths:
-        where = str(path)
-        for number, document in enumerate(_parse(path, collector), 1):
-            collector.add_document(f"{where}: document {number}", document)
-    return collector.result()
-
-
-def _parse(path: Path, collector: _Collector) -> list[Any]:
-    """The documents of one file (a JSON List may go straight into ``collector``)."""
-    if _stream_json_list(path, collector):
-        return []
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise SourceError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise SourceError(f"{path}: cannot read: not UTF-8 text (byte {exc.start})") from None
-    first = _FIRST_NON_SPACE.search(text)
-    if first is None:
-        return []
-    if path.suffix.lower() == ".json":
-        return _parse_json(path, text)
-    if first.group() in "{[":
-        # Most likely ``-o json``; a YAML file may start with a flow collection too
-        # (``{kind: Namespace, ...}``), so anything that is not JSON goes on to YAML.
-        try:
-            return _parse_json(path, text)
-        except SourceError:
-            pass
-    try:
-        return list(yaml.load_all(text, Loader=_YamlLoader))
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise SourceError(f"{path}: not valid YAML{at}: {exc.problem or exc.context}") from None
-    except yaml.reader.ReaderError as exc:
-        # Its position counts bytes in libyaml, characters in Python; the character is
-        # the same, and its first occurrence is where the reader stopped.
-        index = text.find(chr(exc.character))
-        line, column = text.count("\n", 0, index) + 1, index - text.rfind("\n", 0, index)
-        raise SourceError(f"{path}: not valid YAML at line {line}, column {column}: "
-                          f"{exc.reason}") from None
-    except yaml.YAMLError as exc:
-        raise SourceError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
-
-
-def _parse_json(path: Path, text: str) -> list[Any]:
-    """The documents of a JSON file: the value itself, or each element of a top-level array.
-
-    The ``json`` module reads a 35 MB ``kubectl get -o json`` List in well under a
-    second, where PyYAML (even with libyaml) needs about ten.
-    """
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SourceError(f"{path}: not valid JSON at line {exc.lineno}, "
-                          f"column {exc.colno}: {exc.msg}") from None
-    except RecursionError:
-        raise SourceError(f"{path}: not valid JSON: nested too deeply") from None
-    return value if isinstance(value, list) else [value]
-
-
-_JSON_SPACE = re.compile(r"[ \t\n\r]*")
-
-
-def _skip(text: str, i: int) -> int:
-    """Past the JSON white space at ``i``."""
-    match = _JSON_SPACE.match(text, i)
-    assert match is not None  # the pattern matches the empty string
-    return match.end()
-
-
-class _JsonChunks:
-    """A JSON text read in chunks: what is buffered, and the means to read more."""
-
-    CHUNK = 1 << 20
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-        self.text = ""
-        self.i = 0
-        self.ended = False
-
-    def more(self) -> bool:
-        """Read another chunk (dropping what was consumed); False at the end."""
-        if self.ended:
-            return False
-        chunk = self.stream.read(self.CHUNK)
-        if not chunk:
-            self.ended = True
-            return False
-        self.text = self.text[self.i:] + chunk
-        self.i = 0
-        return True
-
-    def peek(self) -> str:
-        """The next character that is not JSON white space ("" at the end)."""
-        while True:
-            self.i = _skip(self.text, self.i)
-            if self.i < len(self.text) or not self.more():
-                return self.text[self.i:self.i + 1]
-
-    def take(self, char: str) -> bool:
-        if self.peek() != char:
-            return False
-        self.i += 1
-        return True
-
-    def value(self) -> Any:
-        """The next JSON value; ``json.JSONDecodeError`` if it is not one."""
-        self.peek()
-        while True:
-            try:
-                value, end = _DECODER.raw_decode(self.text, self.i)
-            except json.JSONDecodeError:
-                if self.more():
-                    continue  # cut off by the end of the chunk, perhaps
-                raise
-            if end == len(self.text) and self.more():
-                continue  # a number may go on in the next chunk
-            self.i = end
-            return value
-
-
-def _stream_json_list(path: Path, collector: _Collector) -> bool:
-    """Read a JSON ``kind: *List`` file item by item into ``collector``.
-
-    ``read_text`` + ``json.loads`` of a 50 MB List holds the bytes, the text and every
-    raw dict at once (~200 MB at 100k endpoints) before the first is converted; this
-    holds a chunk and one item. The result is what ``json.loads`` and ``add_document``
-    would give; anything else (not a List, not JSON, not UTF-8, a second ``items``)
-    returns False having changed nothing, and the caller reads the file as before.
-    """
-    part = _Collector()
-    place = f"{path}: document 1"
-    members: dict[str, Any] = {}
-    streamed = False
-    deferred: list[tuple[int, Any]] = []  # items that need the List's kind, and all after
-    try:
-        with path.open(encoding="utf-8-sig") as stream:
-            json_text = _JsonChunks(stream)
-            if not json_text.take("{"):
-                return False
-            closed = json_text.take("}")
-            while not closed:
-                key = json_text.value()
-                if not isinstance(key, str) or not json_text.take(":") or key in members:
-                    return False
-                if key == "items" and json_text.take("[") and not streamed:
-                    streamed = True
-                    number = 0
-                    ended = json_text.take("]")
-                    while not ended:
-                        item = json_text.value()
-                        number += 1
-                        if not deferred and (not isinstance(item, dict)
-                                             or item.get("kind") not in (None, "")):
-                            part.add_object(f"{place}, item {number}", item, "")
-                        else:
-                            deferred.append((number, item))
-                        ended = json_text.take("]")
-                        if not ended and (not json_text.take(",") or json_text.peek() == "]"):
-                            return False  # [1 2] or [1,] is not JSON
-                elif key == "items" and streamed:
-                    return False
-                else:
-                    members[key] = json_text.value()
-                closed = json_text.take("}")
-                if not closed and (not json_text.take(",") or json_text.peek() == "}"):
-                    return False
-            if json_text.peek():
-                return False  # more after the object
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        return False
-    kind = members.get("kind")
-    if not streamed or not (isinstance(kind, str) and kind.endswith("List")):
-        return False
-    for number, item in deferred:
-        part.add_object(f"{place}, item {number}", item, kind[: -len("List")])
-    collector.absorb(part)
-    return True
-
-
-_DECODER = json.JSONDecoder()
-
-
-class _Collector:
-    """Objects by identity (so duplicates replace), plus what was skipped."""
-
-    def __init__(self) -> None:
-        self.namespaces: dict[str, Namespace] = {}
-        self.services: dict[tuple[str, str], Service] = {}
-        self.endpoint_slices: dict[tuple[str, str], EndpointSlice] = {}
-        self.pods: dict[tuple[str, str], Pod] = {}
-        self.warnings: list[str] = []
-        self.ignored: Counter[str] = Counter()
-
-    def add_document(self, place: str, document: Any) -> None:
-        if document is None:
-            return
-        if not isinstance(document, dict):
-            self.warnings.append(f"{place}: expected a mapping, got {describe(document)}")
-            return
-        kind = document.get("kind")
-        if not (isinstance(kind, str) and kind.endswith("List")):
-            self.add_object(place, document, "")
-            return
-        items = document.get("items")
-        if items is None:
-            return
-        if not isinstance(items, list):
-            self.warnings.append(f"{place} ({kind}): items: expected a list, got {describe(items)}")
-            return
-        item_kind = kind[: -len("List")]  # items of a ServiceList may omit kind: Service
-        for number, item in enumerate(items, 1):
-            # Drop each raw item once converted: at 100k endpoints the raw dicts and the
-            # slim objects would otherwise peak together (tens of MB of RSS).
-            items[number - 1] = None
-            self.add_object(f"{place}, item {number}", item, item_kind)
-
-    def add_object(self, place: str, raw: Any, default_kind: str) -> None:
-        if not isinstance(raw, dict):
-            self.warnings.append(f"{place}: expected a mapping, got {describe(raw)}")
-            return
-        kind = raw.get("kind")
-        if kind is None or kind == "":
-            kind = default_kind
-        if not isinstance(kind, str):
-            self.warnings.append(f"{place}: kind: expected a string, got {describe(kind)}")
-            return
-        if not kind:
-            self.warnings.append(f"{place}: kind: required")
-            return
-        if kind not in SUPPORTED_KINDS:
-            self.ignored[kind] += 1
-            return
-        try:
-            obj = convert(kind, raw)
-        except ConvertError as exc:
-            self.warnings.append(f"{place} ({_identify(kind, raw)}): {exc}")
-            return
-        self.store(obj)
-
-    def absorb(self, other: _Collector) -> None:
-        """Take in what ``other`` collected, as if it had been added here after the rest."""
-        self.namespaces.update(other.namespaces)
-        self.services.update(other.services)
-        self.endpoint_slices.update(other.endpoint_slices)
-        self.pods.update(other.pods)
-        self.warnings.extend(other.warnings)
-        self.ignored.update(other.ignored)
-
-    def store(self, obj: KubeObject) -> None:
-        match obj:
-            case Namespace():
-                self.namespaces[obj.name] = obj
-            case Service():
-                self.services[obj.namespace, obj.name] = obj
-            case EndpointSlice():
-                self.endpoint_slices[obj.namespace, obj.name] = obj
-            case Pod():
-                self.pods[obj.namespace, obj.name] = obj
-
-    def result(self) -> LoadResult:
-        cluster = Cluster(
-            namespaces=tuple(self.namespaces.values()),
-            services=tuple(self.services.values()),
-            endpoint_slices=tuple(self.endpoint_slices.values()),
-            pods=tuple(self.pods.values()),
-        )
-        ignored = MappingProxyType(dict(sorted(self.ignored.items())))
-        return LoadResult(cluster, tuple(self.warnings), ignored)
-
-
-def _identify(kind: str, raw: Mapping[str, Any]) -> str:
-    """``Service default/web``, ``Namespace prod``, or just the kind when the name is bad."""
-    meta = raw.get("metadata")
-    if not isinstance(meta, dict):
-        return kind
-    name = meta.get("name")
-    if not isinstance(name, str) or not name:
-        return kind
-    if kind == "Namespace":
-        return f"{kind} {name}"
-    namespace = meta.get("namespace")
-    if not isinstance(namespace, str) or not namespace:
-        namespace = "default"
-    return f"{kind} {namespace}/{name}"
-
-
 class FileSource:
-    """Serves the objects in ``paths`` and reloads them when a file changes.
+    """Serves the objects in ``paths`` and reloads them when the files change.
 
     Call ``load()`` once for the first snapshot (it raises ``SourceError``), then run
-    ``run(publish)`` as a task. A change is a different (mtime_ns, size, inode) of any
-    path, so an atomic rename or a rewrite within the clock's granularity is noticed too.
+    ``run(changed)`` as a task: ``changed()`` is called whenever ``store`` has new
+    objects. A change is a different (mtime_ns, size, inode) of any path, so an atomic
+    rename or a rewrite within the clock's granularity is noticed too.
     """
 
     def __init__(
@@ -369,51 +66,101 @@ class FileSource:
         paths: Sequence[Path],
         poll_interval: float = 1.0,
         *,
+        settle: float = SETTLE,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._paths = tuple(paths)
         self._poll_interval = poll_interval
+        self._settle = settle
         self._clock = clock
         self._sleep = sleep
         self._seen: tuple[_FileState, ...] | None = None
+        self.store = Store()
+
+    def cluster(self) -> Cluster:
+        return self.store.cluster()
 
     def load(self) -> Cluster:
-        """The initial load; raises ``SourceError``."""
+        """The initial load, in this process; raises ``SourceError``."""
         self._seen = self._states()
-        return self._load()
+        started = self._clock()
+        result = load_files(self._paths)
+        c = result.cluster
+        objects: list[KubeObject] = [*c.namespaces, *c.services, *c.endpoint_slices, *c.pods]
+        self._log_load(result, objects, started)
+        for kind, objs in _by_kind(objects).items():
+            self.store.replace(kind, objs.values())
+        return self.cluster()
 
-    async def run(self, publish: Callable[[Cluster], None]) -> None:
-        """Poll forever; publish every successful reload, keep the old cluster otherwise.
+    async def load_async(self) -> Cluster:
+        """Like ``load``, parsing in a child process (a source replaced by a reload)."""
+        self._seen = self._states()
+        await self._reload()
+        return self.cluster()
 
-        Reloads run in a worker thread so a large dump does not stall query answering.
+    async def run(self, changed: Callable[[], None]) -> None:
+        """Poll forever; install every good reload and call ``changed``.
+
+        A load that fails (unreadable, unparseable, empty after objects) is logged and
+        the current objects stay.
         """
         while True:
             next_poll = self._clock() + self._poll_interval
             states = self._states()
             if states != self._seen:
-                self._seen = states
+                self._seen = await self._settled(states)
                 try:
-                    cluster = await asyncio.to_thread(self._load)
+                    if await self._reload():
+                        changed()
                 except SourceError as exc:
                     _log.error("keeping the previous snapshot: %s", exc)
-                else:
-                    publish(cluster)
             await self._sleep(max(0.0, next_poll - self._clock()))
 
-    def _states(self) -> tuple[_FileState, ...]:
-        return tuple(_state(path) for path in self._paths)
+    async def _settled(self, states: tuple[_FileState, ...]) -> tuple[_FileState, ...]:
+        """The files' states once they have not changed for ``settle`` seconds."""
+        stable_since = started = self._clock()
+        warned = False
+        while self._clock() - stable_since < self._settle:
+            await self._sleep(SETTLE_STEP)
+            now = self._states()
+            if now != states:
+                states, stable_since = now, self._clock()
+            if not warned and self._clock() - started >= STILL_CHANGING:
+                warned = True
+                _log.warning("%s: still changing after %.0f s; waiting for the writer to "
+                             "finish (write to a temporary file and rename it over the "
+                             "dump to replace it at once)", self._names(), STILL_CHANGING)
+        return states
 
-    def _load(self) -> Cluster:
+    async def _reload(self) -> bool:
+        """Load in a child, refuse an empty result, install what changed; whether
+        anything did. Raises ``SourceError``."""
         started = self._clock()
-        result = load_files(self._paths)
+        objects, result = await load_in_child(self._paths)
+        self._log_load(result, objects, started)
+        total = sum(self.store.count(kind) for kind in Kind)
+        if not objects and total:
+            _log.warning("%s: no objects in it (empty, or still being written?); keeping the "
+                         "previous %d objects", self._names(), total)
+            return False
+        by_kind = _by_kind(objects)
+        diffs = await asyncio.to_thread(
+            lambda: {kind: self.store.diff(kind, by_kind.get(kind, {}).values())
+                     for kind in Kind})
+        changed = False
+        for kind, (merged, keys) in diffs.items():
+            changed = self.store.install(kind, merged, keys) or changed
+        return changed
+
+    def _log_load(self, result: LoadResult, objects: Sequence[KubeObject],
+                  started: float) -> None:
         for warning in result.warnings:
             _log.warning("skipped %s", warning)
-        cluster = result.cluster
+        counts = _by_kind(objects)
         _log.info(
             "loaded %d namespaces, %d services, %d endpoint slices, %d pods from %s in %.2f s",
-            len(cluster.namespaces), len(cluster.services), len(cluster.endpoint_slices),
-            len(cluster.pods), ", ".join(str(path) for path in self._paths),
+            *(len(counts.get(kind, ())) for kind in Kind), self._names(),
             self._clock() - started,
         )
         if result.ignored:
@@ -422,7 +169,20 @@ class FileSource:
                 sum(result.ignored.values()),
                 ", ".join(f"{kind}={count}" for kind, count in result.ignored.items()),
             )
-        return cluster
+
+    def _names(self) -> str:
+        return ", ".join(str(path) for path in self._paths)
+
+    def _states(self) -> tuple[_FileState, ...]:
+        return tuple(_state(path) for path in self._paths)
+
+
+def _by_kind(objects: Sequence[KubeObject]) -> dict[Kind, dict[Key, KubeObject]]:
+    """Objects per kind and key; of duplicates the last wins (as in ``load_files``)."""
+    out: dict[Kind, dict[Key, KubeObject]] = {}
+    for obj in objects:
+        out.setdefault(_KINDS[type(obj)], {})[key_of(obj)] = obj
+    return out
 
 
 def _state(path: Path) -> _FileState:
