@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -266,3 +267,69 @@ def test_a_malformed_object_in_an_edit_is_skipped_and_the_edit_is_served(
     assert str(cluster_file) in warnings[0]
     assert "document 4" in warnings[0] and "Service default/bad" in warnings[0]
     assert "spec.clusterIP" in warnings[0] and "not-an-ip" in warnings[0]
+
+
+# ------------------------------------------------------------- half-written dumps
+
+
+MANY = [(f"svc{i}", f"10.96.1.{i}") for i in range(60)]
+
+
+def test_a_dump_truncated_then_written_slowly_in_place_is_loaded_only_once_complete(
+        serve: Callable[[], RunningServer], cluster_file: Path) -> None:
+    """What ``kubectl get ... > dump.yaml`` and slow writers do: the file is empty, then
+    half written, for a while. No query may see that: every name keeps its answer until
+    the complete file has settled, and then the change is served."""
+    write(cluster_file, cluster_yaml(*MANY))
+    server = serve()
+    wait_for(server, "svc59.default.svc.cluster.local", "A", has_addresses("10.96.1.59"))
+    text = cluster_yaml(*MANY, ("late", "10.96.1.200")).encode()
+    wrong: list[str] = []
+    done = threading.Event()
+
+    def writer() -> None:
+        with cluster_file.open("wb") as out:  # truncated here
+            time.sleep(0.3)
+            for start in range(0, len(text), 400):
+                out.write(text[start:start + 400])
+                out.flush()
+                time.sleep(0.04)  # pauses well under the 0.5 s settle interval
+        done.set()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    checked = 0
+    while not done.is_set():
+        name, ip = MANY[checked % len(MANY)]
+        reply = server.ask(f"{name}.default.svc.cluster.local", "A")
+        if not has_addresses(ip)(reply):
+            wrong.append(f"{name}: {dns.rcode.to_text(reply.rcode())} {addresses(reply)}")
+        checked += 1
+    thread.join()
+    assert checked > 100
+    assert wrong == [], wrong[:5]
+    wait_for(server, f"late.default.svc.{ZONE}", "A", has_addresses("10.96.1.200"),
+             deadline=DEADLINE + 1.0)
+    assert has_addresses("10.96.1.0")(server.ask(f"svc0.default.svc.{ZONE}"))
+
+
+@pytest.mark.parametrize("text", ["", "\n", "kind: ConfigMap\nmetadata: {name: x}\n",
+                                  "kind: List\nitems: []\n"],
+                         ids=["empty", "blank", "no-supported-kind", "empty-list"])
+def test_a_dump_with_no_objects_after_one_with_objects_is_refused_and_answers_stay(
+        serve: Callable[[], RunningServer], cluster_file: Path,
+        caplog: pytest.LogCaptureFixture, text: str) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    server = serve()
+    assert_original_served(server)
+    write(cluster_file, text)
+    started = time.monotonic()
+    while time.monotonic() - started < STEADY:
+        assert_original_served(server)
+        time.sleep(0.05)
+    (warning,) = file_messages(caplog, logging.WARNING)
+    assert warning == (f"{cluster_file}: no objects in it (empty, or still being written?); "
+                       "keeping the previous 3 objects")
+    write(cluster_file, cluster_yaml(("web", "10.96.0.12")))  # a real edit still works
+    wait_for(server, WEB, "A", has_addresses("10.96.0.12"))
+    wait_for(server, API, "A", is_nxdomain)
