@@ -10,6 +10,8 @@ from .server import (
     CONTINUE_EXPIRED_MESSAGE,
     DEFAULT_USER,
     RESOURCES,
+    TOO_LARGE_MESSAGE,
+    TOO_NEW_MODES,
     FakeKube,
     RequestRecord,
     Resource,
@@ -19,12 +21,15 @@ from .server import (
     parse_label_selector,
     resource_for,
     status_body,
+    too_large_status,
 )
 
 __all__ = [
     "CONTINUE_EXPIRED_MESSAGE",
     "DEFAULT_USER",
     "RESOURCES",
+    "TOO_LARGE_MESSAGE",
+    "TOO_NEW_MODES",
     "FakeKube",
     "RequestRecord",
     "Resource",
@@ -34,4 +39,5 @@ __all__ = [
     "parse_label_selector",
     "resource_for",
     "status_body",
+    "too_large_status",
 ]

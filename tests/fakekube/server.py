@@ -7,8 +7,14 @@ this module serves the small subset of the API those clients use -- LIST with
 ``limit``/``continue`` snapshots, label and field selectors, WATCH with replay from a
 resourceVersion, bookmarks, ``timeoutSeconds`` and 410 "Expired" -- over real HTTP(S), and
 adds fault controls (dropped or stalled watches, restarts on the same port, compaction,
-injected 429/5xx, 403s, token rotation) so tests can drive the failure paths of a real
-client.
+injected 429/5xx, 403s, token rotation, and a restore that winds the resourceVersion
+back as an etcd backup does) so tests can drive the failure paths of a real client.
+
+A watch from a resourceVersion the server has not reached (the client's, after a
+restore) is answered the ways real API servers do, chosen per restore (``TOO_NEW_MODES``):
+a 504 ``ResourceVersionTooLarge`` Status, that Status as a watch ERROR event, or a stream
+that never delivers anything at or below the requested version -- with bookmarks carrying
+the server's own lower version, or (as the watch cache does) with none at all.
 
 Threading model: :class:`FakeKube` owns one asyncio event loop running in a daemon thread
 (created by the first :meth:`FakeKube.start`, ended by :meth:`FakeKube.close`). All server
@@ -82,6 +88,9 @@ _FAULT_REASONS: Final[dict[int, tuple[str, str]]] = {
     503: ("ServiceUnavailable", "The server is currently unable to handle the request"),
     504: ("Timeout", "The server was unable to return a response in the time allotted"),
 }
+TOO_LARGE_MESSAGE: Final = "Too large resource version"
+# How a watch from a resourceVersion past the server's is answered (see FakeKube.restore).
+TOO_NEW_MODES: Final = ("status", "error-event", "bookmarks", "silent")
 _WRITE_BATCH: Final = 256  # watch events per socket write
 _STARTED: Final = web.RequestKey("fakekube_started", float)
 _LOGGED: Final = web.RequestKey("fakekube_logged", bool)
@@ -405,6 +414,16 @@ def status_body(code: int, reason: str, message: str,
     return body
 
 
+def too_large_status(requested: int, current: int) -> dict[str, Any]:
+    """The 504 Status a kube-apiserver answers for a resourceVersion it has not reached
+    (``NewTooLargeResourceVersionError``): reason Timeout, a ``ResourceVersionTooLarge``
+    cause and ``retryAfterSeconds`` 1."""
+    return status_body(504, "Timeout", f"{TOO_LARGE_MESSAGE}: {requested}, current: {current}",
+                       {"causes": [{"reason": "ResourceVersionTooLarge",
+                                    "message": TOO_LARGE_MESSAGE}],
+                        "retryAfterSeconds": 1})
+
+
 def _status_response(code: int, reason: str, message: str,
                      details: Mapping[str, Any] | None = None,
                      headers: Mapping[str, str] | None = None) -> web.Response:
@@ -469,10 +488,12 @@ class _Snapshot:
 class _Watcher:
     """One open watch stream: what it selects and the events queued for it."""
 
-    def __init__(self, res: Resource, flt: _Filter, request: web.BaseRequest) -> None:
+    def __init__(self, res: Resource, flt: _Filter, request: web.BaseRequest,
+                 after: int) -> None:
         self.res = res
         self.flt = flt
         self.request = request
+        self.after = after  # the requested resourceVersion: only later events are sent
         self.pending: deque[tuple[str, _Obj]] = deque()
         self.wake = asyncio.Event()
         self.done = asyncio.Event()
@@ -510,6 +531,7 @@ class FakeKube:
         self._rv = 0
         self._log: list[_Event] = []
         self._compacted_rv = 0
+        self._too_new = "status"  # how a watch from a resourceVersion past ours is answered
         self._snapshots: OrderedDict[str, _Snapshot] = OrderedDict()
         self._snapshot_seq = 0
         self._watchers: set[_Watcher] = set()
@@ -746,7 +768,7 @@ class FakeKube:
         woken: set[_Watcher] = set()
         for w in self._watchers:
             for ev in events:
-                if ev.obj.res is not w.res:
+                if ev.obj.res is not w.res or ev.rv <= w.after:
                     continue
                 seen = w.flt.translate(ev)
                 if seen is not None:
@@ -769,6 +791,54 @@ class FakeKube:
             return str(self._rv)
 
         return self._call(run)
+
+    def restore(self, resource_version: str | int, too_new: str = "status") -> str:
+        """Wind the server back to ``resource_version``, as restoring etcd from a backup
+        does: every change after it is undone (from the event log, so not past the last
+        compaction), the resourceVersion counter goes back to it, continue tokens are
+        forgotten and every open watch is dropped (the API server restarts on a restore;
+        the port stays). Returns the new, lower, resourceVersion.
+
+        From then on a watch from a resourceVersion past the server's is answered as
+        ``too_new`` says (one of ``TOO_NEW_MODES``): ``"status"`` an HTTP 504 Status with a
+        ``ResourceVersionTooLarge`` cause and ``Retry-After: 1``; ``"error-event"`` that
+        Status as the ERROR event of a 200 stream; ``"bookmarks"`` a stream that delivers
+        nothing at or below the requested version but bookmarks carrying the server's own
+        (lower) one; ``"silent"`` the same without those bookmarks, as the apiserver's watch
+        cache does. Events past the requested version are delivered in every mode.
+        """
+        if too_new not in TOO_NEW_MODES:
+            raise ValueError(f"too_new must be one of {', '.join(TOO_NEW_MODES)}")
+        target = int(resource_version)
+
+        def rewind() -> str:
+            if not self._compacted_rv <= target <= self._rv:
+                raise ValueError(f"cannot restore to resourceVersion {target}: the history "
+                                 f"kept runs from {self._compacted_rv} to {self._rv}")
+            first = bisect.bisect_right(self._log, target, key=lambda e: e.rv)
+            for ev in reversed(self._log[first:]):
+                store = self._store[ev.obj.res.kind]
+                if ev.prev is None:
+                    store.pop(ev.obj.key, None)
+                else:
+                    store[ev.prev.key] = ev.prev
+            del self._log[first:]
+            self._rv = target
+            self._snapshots.clear()
+            self._too_new = too_new
+            return str(target)
+
+        if self._loop is None:
+            return rewind()
+
+        async def restore() -> str:
+            # Rewind and abort the watches with no await in between: no stream sees the
+            # old history's end or a bookmark of the new one before it breaks.
+            rv = rewind()
+            await self._drop_watches()
+            return rv
+
+        return self._run_async(restore)
 
     # ------------------------------------------------------------------ faults and auth
 
@@ -814,6 +884,18 @@ class FakeKube:
     def watch_count(self) -> int:
         """How many watch streams are open right now."""
         return len(self._watchers)
+
+    def watch_peers(self) -> list[tuple[str, int]]:
+        """The client address (host, port) of every open watch stream's connection."""
+        def run() -> list[tuple[str, int]]:
+            peers = []
+            for w in self._watchers:
+                transport = w.request.transport
+                peer = transport.get_extra_info("peername") if transport is not None else None
+                if peer is not None:
+                    peers.append((str(peer[0]), int(peer[1])))
+            return peers
+        return self._call(run)
 
     def wait_for_watches(self, n: int, timeout: float = 5.0) -> None:
         """Block until at least ``n`` watch streams are open (``TimeoutError`` if not)."""
@@ -1153,13 +1235,19 @@ class FakeKube:
 
         # Register and queue the replay with no await in between: no event can slip
         # between the replayed history and the live feed.
-        watcher = _Watcher(res, flt, request)
-        expired: bytes | None = None
+        watcher = _Watcher(res, flt, request, rv)
+        expired: bytes | None = None  # an ERROR event ending the stream at once
         if rv == 0:
             watcher.pending.extend(("ADDED", o) for o in self._select(res, flt))
         elif rv < self._compacted_rv:
             expired = b'{"type":"ERROR","object":%s}\n' % _dumps(status_body(
                 410, "Expired", f"too old resource version: {rv} ({self._compacted_rv})"))
+        elif rv > self._rv and self._too_new == "status":
+            status = too_large_status(rv, self._rv)
+            return web.Response(status=504, body=_dumps(status), content_type="application/json",
+                                headers={"Retry-After": "1"})
+        elif rv > self._rv and self._too_new == "error-event":
+            expired = b'{"type":"ERROR","object":%s}\n' % _dumps(too_large_status(rv, self._rv))
         else:
             first = bisect.bisect_right(self._log, rv, key=lambda e: e.rv)
             for ev in self._log[first:]:
@@ -1209,7 +1297,10 @@ class FakeKube:
                     continue
                 if deadline is not None and now >= deadline:
                     break
-                if now >= next_bookmark:
+                silent = self._too_new == "silent" and self._rv < w.after
+                if now >= next_bookmark and silent:
+                    next_bookmark = now + interval  # the watch cache sends none below w.after
+                elif now >= next_bookmark:
                     # Everything up to the current RV is already written (queue empty).
                     line = b'{"type":"BOOKMARK","object":%s}\n' % _dumps({
                         "kind": w.res.kind, "apiVersion": w.res.api_version,
