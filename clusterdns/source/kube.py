@@ -7,7 +7,9 @@ then watches from the list's resourceVersion with bookmarks and a jittered
 ``timeoutSeconds``. A clean end re-watches from the last resourceVersion without a
 relist; 410 Gone relists; other failures back off exponentially with jitter (capped at
 about a second for the first minute of an outage, so DNS catches up within two seconds
-of the API server coming back), honouring ``Retry-After``; a stream that sends nothing
+of the API server coming back, and at five seconds for a kind that has not listed yet,
+so a granted RBAC rule makes the server ready within seconds), honouring
+``Retry-After``; a stream that sends nothing
 for longer than the inactivity timeout is dropped and re-watched; 403 is logged once
 with the RBAC rule that is missing. Until every reflector has listed once, ``changed``
 is never called, so the server stays unsynced (SERVFAIL) rather than answer NXDOMAIN.
@@ -88,6 +90,9 @@ class Tuning:
     backoff_cap_early: float = 1.0  # for the first minute of an outage
     backoff_cap: float = 30.0
     early_window: float = 60.0
+    # Before a reflector's first list (not ready: 403 until an RBAC rule is granted, or
+    # an API server not up yet), however long that lasts: a fix shows within seconds.
+    backoff_cap_unlisted: float = 5.0
 
 
 class ApiError(Exception):
@@ -111,7 +116,8 @@ class Pending:
 
 
 class Backoff:
-    """Exponential backoff with full jitter; the cap stays low early in an outage."""
+    """Exponential backoff with full jitter; the cap stays low early in an outage, and
+    stays at most ``backoff_cap_unlisted`` until the reflector has listed once."""
 
     def __init__(self, tuning: Tuning, clock: Callable[[], float],
                  rng: Callable[[], float]) -> None:
@@ -125,12 +131,17 @@ class Backoff:
         self.failures = 0
         self.since = None
 
-    def next_delay(self, retry_after: float = 0.0) -> float:
+    def next_delay(self, retry_after: float = 0.0, *, listed: bool = True) -> float:
+        """Seconds to wait before the next attempt; ``listed``: the reflector has listed
+        successfully before (until then it is not ready, and retries stay frequent).
+        ``retry_after`` (the server's word) wins over the cap."""
         now = self.clock()
         if self.since is None:
             self.since = now
         t = self.tuning
         cap = t.backoff_cap_early if now - self.since < t.early_window else t.backoff_cap
+        if not listed:
+            cap = min(cap, t.backoff_cap_unlisted)
         ceiling = min(cap, t.backoff_base * 2.0 ** min(self.failures, 30))
         self.failures += 1
         delay = ceiling * (0.5 + 0.5 * self.rng())
@@ -225,13 +236,14 @@ class Reflector:
                 self.rv = None
             except ApiError as exc:
                 self._failed(exc)
-                await self.source.sleep(self.backoff.next_delay(exc.retry_after))
+                await self.source.sleep(self.backoff.next_delay(exc.retry_after,
+                                                                listed=self.synced))
             except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
                 self.restarts["error"] += 1
                 # An outage would otherwise log every attempt: loud at first, then quiet.
                 level = logging.WARNING if self.backoff.failures < 3 else logging.DEBUG
                 log.log(level, "%s: %s: %s; retrying", self.name, type(exc).__name__, exc)
-                await self.source.sleep(self.backoff.next_delay())
+                await self.source.sleep(self.backoff.next_delay(listed=self.synced))
 
     def _failed(self, exc: ApiError) -> None:
         self.restarts[f"http_{exc.status}"] += 1
