@@ -82,6 +82,9 @@ class Config:
     kubeconfig: str = ""  # "" -> $KUBECONFIG, ~/.kube/config, then in-cluster config
     context: str = ""  # kubeconfig context; "" -> the current context
     labels: str = ""  # label selector: only services matching it are served
+    # Seconds a watch may bring nothing at all (no event, no bookmark) before it is taken
+    # for stuck and re-watched; watches ask the API server to end them well before this.
+    watch_silence: float = 60.0
     # Forwarding (SPEC S5). Each upstream is IP, IP:PORT, [V6]:PORT, or the path of a
     # resolv.conf file whose nameservers are used (our own listen addresses are skipped).
     # Empty: no forwarding, out-of-zone names are REFUSED.
@@ -265,6 +268,7 @@ def _options(where: str, base: Path | None) -> dict[str, Callable[[Any], Any]]:
             str(v)).is_absolute() else _str(v, where, "kubeconfig"),
         "context": lambda v: _str(v, where, "context"),
         "labels": lambda v: _str(v, where, "labels"),
+        "watch_silence": lambda v: _number(v, where, "watch_silence", 1, 3600),
         "upstreams": lambda v: tuple(parse_upstream(x, where) for x in (v or [])),
         "forward_timeout": lambda v: _number(v, where, "forward_timeout", 0.05, 60),
         "forward_max_concurrent": lambda v: _int(v, where, "forward_max_concurrent", 1,

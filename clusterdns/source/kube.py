@@ -9,8 +9,10 @@ relist; 410 Gone relists; other failures back off exponentially with jitter (cap
 about a second for the first minute of an outage, so DNS catches up within two seconds
 of the API server coming back, and at five seconds for a kind that has not listed yet,
 so a granted RBAC rule makes the server ready within seconds), honouring
-``Retry-After``; a stream that sends nothing
-for longer than the inactivity timeout is dropped and re-watched; 403 is logged once
+``Retry-After``. A watch asks to be ended well
+within ``watch_silence`` (60 s); one that sends nothing for that long (no event, no
+bookmark, no end) is dropped and re-watched, and TCP keepalive on its connection notices
+a vanished peer in about 30 s; 403 is logged once
 with the RBAC rule that is missing. Until every reflector has listed once, ``changed``
 is never called, so the server stays unsynced (SERVFAIL) rather than answer NXDOMAIN.
 """
@@ -23,6 +25,7 @@ import json
 import logging
 import os
 import random
+import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
@@ -83,8 +86,12 @@ class Tuning:
     # EndpointSlices are up to 100 endpoints each: smaller pages keep the raw JSON of one
     # page (the peak of a relist at 100k endpoints) small.
     slice_page_size: int = 50
-    watch_timeout: float = 300.0  # timeoutSeconds asked of the server, jittered +-20%
-    inactivity_timeout: float = 120.0  # nothing at all (not even a bookmark) this long
+    # timeoutSeconds asked of the server, jittered +-20%, and at most WATCH_SHARE of the
+    # silence limit.
+    watch_timeout: float = 300.0
+    # Nothing at all (not even a bookmark) this long: the stream is stuck. None: the
+    # config's ``watch_silence``.
+    inactivity_timeout: float | None = None
     request_timeout: float = 30.0  # one list page
     backoff_base: float = 0.1
     backoff_cap_early: float = 1.0  # for the first minute of an outage
@@ -93,6 +100,19 @@ class Tuning:
     # Before a reflector's first list (not ready: 403 until an RBAC rule is granted, or
     # an API server not up yet), however long that lasts: a fix shows within seconds.
     backoff_cap_unlisted: float = 5.0
+    # TCP keepalive on watch connections (as client-go's dialer sets it): a peer that
+    # vanished (host gone, partition, a dropped NAT entry) fails the read after
+    # idle + interval * count seconds, however quiet the watch.
+    keepalive_idle: int = 15
+    keepalive_interval: int = 5
+    keepalive_count: int = 3
+
+
+# A watch asks the API server to end it after at most this share of the silence limit
+# (before the +-20% jitter): API servers send a bookmark only about once a minute, and
+# only when their resourceVersion moved, so a healthy quiet stream must end on its own
+# before the silence limit takes it for stuck.
+WATCH_SHARE = 0.75
 
 
 class ApiError(Exception):
@@ -146,6 +166,18 @@ class Backoff:
         self.failures += 1
         delay = ceiling * (0.5 + 0.5 * self.rng())
         return max(delay, retry_after)
+
+
+def set_keepalive(sock: Any, idle: int, interval: int, count: int) -> None:
+    """Turn TCP keepalive on for ``sock`` with these timings (seconds, probes)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    # TCP_KEEPIDLE is TCP_KEEPALIVE on macOS; other systems may lack an option.
+    idle_option = getattr(socket, "TCP_KEEPIDLE", getattr(socket, "TCP_KEEPALIVE", None))
+    for option, value in ((idle_option, idle),
+                          (getattr(socket, "TCP_KEEPINTVL", None), interval),
+                          (getattr(socket, "TCP_KEEPCNT", None), count)):
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
 def _retry_after(headers: Mapping[str, str]) -> float:
@@ -321,13 +353,34 @@ class Reflector:
                         self.resource.kind.value, what, exc)
             return None
 
+    def silence(self) -> float:
+        """Seconds a watch may bring nothing at all before it is taken for stuck."""
+        override = self.source.tuning.inactivity_timeout
+        return override if override is not None else self.source.config.watch_silence
+
+    def _keepalive(self, response: Any) -> None:
+        """TCP keepalive on the watch response's connection."""
+        t = self.source.tuning
+        connection = getattr(response, "connection", None)
+        transport = getattr(connection, "transport", None)
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is None:
+            return
+        try:
+            set_keepalive(sock, t.keepalive_idle, t.keepalive_interval, t.keepalive_count)
+        except OSError as exc:
+            log.debug("%s: cannot set TCP keepalive on the watch connection: %s",
+                      self.name, exc)
+
     async def _watch(self) -> None:
         """Watch from ``self.rv`` until the stream ends, advancing ``self.rv``."""
         t = self.source.tuning
-        timeout = t.watch_timeout * (0.8 + 0.4 * self.source.rng())
+        silence = self.silence()
+        timeout = min(t.watch_timeout, silence * WATCH_SHARE) * (0.8 + 0.4 * self.source.rng())
         response = await self._request(timeout + 30, {
             "watch": True, "resourceVersion": self.rv, "allowWatchBookmarks": True,
             "timeoutSeconds": max(1, int(timeout))})
+        self._keepalive(response)
         self.backoff.reset()
         self.last_contact = self.source.clock()
         try:
@@ -335,12 +388,13 @@ class Reflector:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
                 # cancellation that lands as the line arrives (CPython gh-86296).
                 try:
-                    async with asyncio.timeout(t.inactivity_timeout):
+                    async with asyncio.timeout(silence):
                         line = await response.content.readline()
                 except TimeoutError:
                     self.restarts["stalled"] += 1
-                    log.warning("%s: nothing from the API server for %.0f s; re-watching",
-                                self.name, t.inactivity_timeout)
+                    log.warning("%s: the watch was silent for %g s (no event, no bookmark, "
+                                "and it did not end when asked to); re-watching from "
+                                "resourceVersion %s", self.name, silence, self.rv)
                     return
                 if not line:
                     self.restarts["watch_end"] += 1
