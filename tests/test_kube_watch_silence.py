@@ -120,7 +120,8 @@ def test_a_stalled_watch_is_noticed_after_the_configured_silence_logged_and_rewa
         fake.stall_watches(False)
     for plural in RESOURCES:  # resumed where it was: no relist, no event lost
         assert watch_rvs(fake, plural)[0] == rv, plural
-    assert not [r for r in fake.requests if not r.watch]
+    # Only one-item lists asking for the API server's resourceVersion: not a relist.
+    assert all(r.query.get("limit") == "1" for r in fake.requests if not r.watch)
 
     lines = [r.getMessage() for r in caplog.records
              if r.levelno == logging.WARNING and "silent" in r.getMessage()]

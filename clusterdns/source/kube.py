@@ -126,6 +126,58 @@ class Gone(ApiError):
     """410: the resourceVersion or continue token is too old."""
 
 
+class TooLarge(ApiError):
+    """504 ``ResourceVersionTooLarge``: the API server has not reached the resourceVersion
+    asked for -- its history went back, or it lags behind the one we listed from."""
+
+
+class WentBack(Exception):
+    """The API server's resourceVersion is lower than one it gave us before."""
+
+
+TOO_LARGE_MESSAGE = "Too large resource version"
+
+
+def _status_error(code: int, status: Any, fallback: str, retry_after: float) -> ApiError:
+    """The error for a failure ``Status`` (a response body or a watch ERROR event)."""
+    message = fallback
+    if isinstance(status, dict):
+        message = str(status.get("message", fallback))
+        details = status.get("details")
+        seconds = details.get("retryAfterSeconds") if isinstance(details, dict) else None
+        if not retry_after and isinstance(seconds, int | float) and seconds > 0:
+            retry_after = float(seconds)
+    if code == 410:
+        return Gone(code, message, retry_after)
+    if code == 504 and isinstance(status, dict) and _too_large(status):
+        return TooLarge(code, message, retry_after)
+    return ApiError(code, message, retry_after)
+
+
+def _too_large(status: Mapping[str, Any]) -> bool:
+    """As client-go tells it: a ``ResourceVersionTooLarge`` cause, or (older servers) the
+    message saying so."""
+    details = status.get("details")
+    causes = details.get("causes") if isinstance(details, dict) else None
+    if isinstance(causes, list) and any(isinstance(c, dict) and c.get("reason")
+                                        == "ResourceVersionTooLarge" for c in causes):
+        return True
+    return TOO_LARGE_MESSAGE.lower() in str(status.get("message", "")).lower()
+
+
+def _revision(rv: str | None) -> int | None:
+    """A resourceVersion as the etcd revision it is in practice, or None if it is not
+    one (the API contract keeps them opaque)."""
+    return int(rv) if rv and rv.isascii() and rv.isdigit() else None
+
+
+def older(rv: str | None, than: str | None) -> bool:
+    """Whether resourceVersion ``rv`` is lower than ``than`` (both integers, else no)."""
+    a, b = _revision(rv), _revision(than)
+    return a is not None and b is not None and a < b
+
+
+
 @dataclass(slots=True)
 class Pending:
     """A change not yet published: when it reached us, and when Kubernetes made it."""
@@ -231,6 +283,9 @@ class Reflector:
         self.name = f"watch-{resource.plural}" + (f"-{namespace}" if namespace else "")
         self.synced = False
         self.rv: str | None = None  # where the next watch starts; None: list first
+        # The latest resourceVersion the API server gave us (list, event, bookmark): a
+        # lower one later means its history went back. None: nothing to compare with.
+        self.seen: str | None = None
         self.last_contact: float | None = None  # monotonic time of the last sign of life
         self.restarts: Counter[str] = Counter()
         self.backoff = Backoff(source.tuning, source.clock, source.rng)
@@ -261,11 +316,27 @@ class Reflector:
             try:
                 if self.rv is None:
                     self.rv = await self.list()
-                await self._watch()
+                if not await self._watch():
+                    await self._check_history()
             except Gone as exc:
                 self.restarts["gone"] += 1
                 log.info("%s: %s; relisting", self.name, exc)
                 self.rv = None
+            except TooLarge as exc:
+                self.restarts["rv_too_large"] += 1
+                log.warning("%s: the API server does not have resourceVersion %s (%s): its "
+                            "history went back (etcd restored from a backup, or a new cluster "
+                            "at the same address) or it lags behind another API server; "
+                            "relisting", self.name, self.rv, exc)
+                self.rv = None
+                # Its Retry-After (1 s) paces relists against an API server that lags.
+                await self.source.sleep(min(exc.retry_after, self.source.tuning.backoff_cap))
+            except WentBack as exc:
+                self.restarts["rv_went_back"] += 1
+                log.warning("%s: %s: the API server's history went back (etcd restored "
+                            "from a backup, or a new cluster at the same address); relisting",
+                            self.name, exc)
+                self.rv = self.seen = None
             except ApiError as exc:
                 self._failed(exc)
                 await self.source.sleep(self.backoff.next_delay(exc.retry_after,
@@ -297,11 +368,11 @@ class Reflector:
             return resp
         body = await resp.read()
         resp.release()
-        message = body.decode("utf-8", "replace")[:300]
-        with contextlib.suppress(ValueError, AttributeError):
-            message = json.loads(body).get("message", message)
-        error = Gone if resp.status == 410 else ApiError
-        raise error(resp.status, message, _retry_after(resp.headers))
+        status: Any = None
+        with contextlib.suppress(ValueError):
+            status = json.loads(body)
+        raise _status_error(resp.status, status, body.decode("utf-8", "replace")[:300],
+                            _retry_after(resp.headers))
 
     async def list(self) -> str:
         """A complete paginated list; replaces the scope's objects; the list's RV."""
@@ -333,6 +404,14 @@ class Reflector:
             cont = meta.get("continue") or None
             if cont is None:
                 break
+        rv = str(meta.get("resourceVersion", ""))
+        if older(rv, self.seen):
+            self.restarts["rv_went_back"] += 1
+            log.warning("%s: listed at resourceVersion %s, lower than the %s seen before: the "
+                        "API server's history went back (etcd restored from a backup, or a new "
+                        "cluster at the same address); serving what it has now", self.name,
+                        rv, self.seen)
+        self.seen = rv
         if self.source.store.replace(self.resource.kind, objs, self.namespace):
             self.source.note_change(None)
         self.backoff.reset()
@@ -341,7 +420,7 @@ class Reflector:
         if not self.synced:
             self.synced = True
             self.source.reflector_synced(self)
-        return str(meta.get("resourceVersion", ""))
+        return rv
 
     def _convert(self, raw: Any) -> KubeObject | None:
         try:
@@ -372,8 +451,9 @@ class Reflector:
             log.debug("%s: cannot set TCP keepalive on the watch connection: %s",
                       self.name, exc)
 
-    async def _watch(self) -> None:
-        """Watch from ``self.rv`` until the stream ends, advancing ``self.rv``."""
+    async def _watch(self) -> bool:
+        """Watch from ``self.rv`` until the stream ends, advancing ``self.rv``; whether
+        anything at all (an event, a bookmark) arrived."""
         t = self.source.tuning
         silence = self.silence()
         timeout = min(t.watch_timeout, silence * WATCH_SHARE) * (0.8 + 0.4 * self.source.rng())
@@ -383,6 +463,7 @@ class Reflector:
         self._keepalive(response)
         self.backoff.reset()
         self.last_contact = self.source.clock()
+        heard = False
         try:
             while True:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
@@ -395,14 +476,30 @@ class Reflector:
                     log.warning("%s: the watch was silent for %g s (no event, no bookmark, "
                                 "and it did not end when asked to); re-watching from "
                                 "resourceVersion %s", self.name, silence, self.rv)
-                    return
+                    return heard
                 if not line:
                     self.restarts["watch_end"] += 1
-                    return
+                    return heard
                 if line.strip():
+                    heard = True
                     self._event(json.loads(line))
         finally:
             response.close()
+
+    async def _check_history(self) -> None:
+        """After a watch that brought nothing at all: where is the API server's history?
+
+        One whose history went back below our resourceVersion may not say so: the watch
+        cache sends nothing at or below the version watched from, bookmarks included. A
+        one-item list (cheap at any size) tells its resourceVersion.
+        """
+        response = await self._request(self.source.tuning.request_timeout, {"limit": 1})
+        body = json.loads(await response.read())
+        meta = body.get("metadata") if isinstance(body, dict) else None
+        rv = str(meta.get("resourceVersion", "")) if isinstance(meta, dict) else ""
+        if older(rv, self.rv):
+            raise WentBack(f"a watch from resourceVersion {self.rv} brought nothing, and the "
+                           f"API server lists at {rv}")
 
     def _event(self, event: Any) -> None:
         kind = self.resource.kind
@@ -411,10 +508,14 @@ class Reflector:
         etype = event.get("type")
         raw = event["object"]
         if etype == "ERROR":
-            code = int(raw.get("code") or 500)
-            error = Gone if code == 410 else ApiError
-            raise error(code, str(raw.get("message", "watch error")))
-        self.rv = str((raw.get("metadata") or {}).get("resourceVersion") or self.rv)
+            raise _status_error(int(raw.get("code") or 500), raw, "watch error", 0.0)
+        rv = (raw.get("metadata") or {}).get("resourceVersion")
+        rv = str(rv) if rv else self.rv
+        if older(rv, self.rv):
+            what = "a bookmark" if etype == "BOOKMARK" else f"a {etype} event"
+            raise WentBack(f"{what} carries resourceVersion {rv}, lower than the {self.rv} "
+                           f"watched from")
+        self.rv = self.seen = rv
         self.last_contact = self.source.clock()
         if etype == "BOOKMARK":
             return
