@@ -424,6 +424,17 @@ class AppCollector(Collector):
             for (kind, reason), count in sorted(totals.items()):
                 restarts.add_metric([kind, reason], count)
         yield restarts
+        held = GaugeMetricFamily("clusterdns_objects_held_back", "Objects whose latest "
+                                 "version from the API server is malformed, so their last "
+                                 "good version is served, per kind.", labels=["kind"])
+        if app.kube is not None:
+            held_counts: dict[str, int] = {}
+            for reflector in app.kube.reflectors:
+                plural = reflector.resource.plural
+                held_counts[plural] = held_counts.get(plural, 0) + len(reflector.held)
+            for kind, count in sorted(held_counts.items()):
+                held.add_metric([kind], count)
+        yield held
         sync = GaugeMetricFamily("clusterdns_sync_duration_seconds", "Seconds from start to "
                                  "the first complete snapshot (NaN until then).",
                                  value=math.nan if app.sync_duration is None

@@ -43,7 +43,7 @@ from clusterdns.config import Config, PodsMode
 from clusterdns.convert import ConvertError, convert
 from clusterdns.objects import Cluster, KubeObject, Namespace
 from clusterdns.source import KubeSourceError
-from clusterdns.store import Key, Kind, Store
+from clusterdns.store import Key, Kind, Store, key_of
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +270,13 @@ def _raw_key(kind: Kind, raw: Mapping[str, Any]) -> Key | None:
     if kind is Kind.NAMESPACE:
         return ("", meta["name"].lower())
     ns = meta.get("namespace")
-    return ((ns if isinstance(ns, str) else "default").lower(), meta["name"].lower())
+    return ((ns if isinstance(ns, str) and ns else "default").lower(), meta["name"].lower())
+
+
+def _key_text(key: Key | None) -> str:
+    if key is None:
+        return "?"
+    return f"{key[0]}/{key[1]}" if key[0] else key[1]
 
 
 class Reflector:
@@ -288,6 +294,9 @@ class Reflector:
         self.seen: str | None = None
         self.last_contact: float | None = None  # monotonic time of the last sign of life
         self.restarts: Counter[str] = Counter()
+        # Objects whose latest version from the API server is malformed, so their last
+        # good version is still served (key -> what is wrong, naming the field).
+        self.held: dict[Key, str] = {}
         self.backoff = Backoff(source.tuning, source.clock, source.rng)
         self._forbidden_logged = False
 
@@ -404,6 +413,10 @@ class Reflector:
             cont = meta.get("continue") or None
             if cont is None:
                 break
+        if self.held:  # forget what was deleted while held back
+            listed = {key_of(o) for o in objs}
+            for key in [k for k in self.held if k not in listed]:
+                del self.held[key]
         rv = str(meta.get("resourceVersion", ""))
         if older(rv, self.seen):
             self.restarts["rv_went_back"] += 1
@@ -423,14 +436,36 @@ class Reflector:
         return rv
 
     def _convert(self, raw: Any) -> KubeObject | None:
+        """``raw`` as an object; when it is malformed, the object's last good version
+        (held back) or None (skipped: there is none). The list and the watch both come
+        here, so a malformed version never takes a name away that the other path keeps.
+        """
+        kind = self.resource.kind
         try:
-            return convert(self.resource.kind.value, raw)
+            obj = convert(kind.value, raw)
         except ConvertError as exc:
-            key = _raw_key(self.resource.kind, raw) if isinstance(raw, dict) else None
-            what = f"{key[0]}/{key[1]}" if key and key[0] else (key[1] if key else "?")
-            log.warning("%s: skipped malformed %s %s: %s", self.name,
-                        self.resource.kind.value, what, exc)
+            return self._hold(raw, exc)
+        key = key_of(obj)
+        if self.held.pop(key, None) is not None:
+            log.info("%s: %s %s is well-formed again; serving its new version", self.name,
+                     kind.value, _key_text(key))
+        return obj
+
+    def _hold(self, raw: Any, exc: ConvertError) -> KubeObject | None:
+        kind = self.resource.kind
+        key = _raw_key(kind, raw) if isinstance(raw, dict) else None
+        good = self.source.store.get(kind, key) if key is not None else None
+        if key is None or good is None:
+            log.warning("%s: skipped malformed %s %s: %s", self.name, kind.value,
+                        _key_text(key), exc)
             return None
+        problem = str(exc)
+        if self.held.get(key) != problem:
+            log.warning("%s: %s %s is malformed (%s); keeping its last good version until a "
+                        "well-formed one comes or it is deleted", self.name, kind.value,
+                        _key_text(key), problem)
+        self.held[key] = problem
+        return good
 
     def silence(self) -> float:
         """Seconds a watch may bring nothing at all before it is taken for stuck."""
@@ -526,6 +561,9 @@ class Reflector:
             changed = obj is not None and store.apply(kind, obj)
         elif etype == "DELETED":
             key = _raw_key(kind, raw)
+            if key is not None and self.held.pop(key, None) is not None:
+                log.info("%s: %s %s, held back at its last good version, is deleted",
+                         self.name, kind.value, _key_text(key))
             changed = key is not None and store.delete(kind, key)
         if changed:
             if kind is Kind.ENDPOINT_SLICE:
