@@ -191,7 +191,19 @@ def _port(item: Any) -> Port | None:
     if protocol is None:
         raise ConvertError("protocol", f"{describe(text)} is not TCP, UDP or SCTP")
     name = _str(item.get("name"), "name")
-    return Port(sys.intern(name.lower()) if name else "", protocol, number)
+    key = (name.lower(), protocol, number)
+    port = _PORTS.get(key)
+    if port is None:
+        if len(_PORTS) >= _PORTS_MAX:
+            _PORTS.clear()
+        port = _PORTS[key] = Port(sys.intern(key[0]) if name else "", protocol, number)
+    return port
+
+
+_PORTS: dict[tuple[str, str, int], Port] = {}
+"""One ``Port`` per distinct port: most services share a few (http/tcp/80), and each
+object is one more the cyclic collector walks. Emptied when it reaches ``_PORTS_MAX``."""
+_PORTS_MAX = 4096
 
 
 # ------------------------------------------------------------------------ converters

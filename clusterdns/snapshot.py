@@ -31,7 +31,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from clusterdns import names, records
 from clusterdns.config import Config, PodsMode
@@ -71,82 +71,108 @@ _WRAP: dict[int, Any] = {RRType.A: records.A, RRType.AAAA: records.AAAA,
 _RDATA_WRAP: dict[type, RRType] = {records.A: RRType.A, records.AAAA: RRType.AAAA,
                                    records.PTR: RRType.PTR, records.CNAME: RRType.CNAME,
                                    records.NS: RRType.NS}
-_TYPES: dict[tuple[RRType, ...], tuple[RRType, ...]] = {}  # one shared tuple per combination
+_TYPES: dict[tuple[int, ...], tuple[int, ...]] = {}  # one shared tuple per combination
 
 
-def _types(key: tuple[RRType, ...]) -> tuple[RRType, ...]:
+def _types(key: tuple[int, ...]) -> tuple[int, ...]:
+    """The shared tuple of these types, as plain ints (an ``RRType`` member is an object
+    the cyclic collector tracks, and would keep every node holding it tracked too)."""
+    key = tuple(int(t) for t in key)
     return _TYPES.setdefault(key, key)
 
 
+RawNode = tuple[str, int, "Owner", tuple[int, ...], Any]
+"""A name's RRsets as the index stores them: (name, TTL, owner, types, values), where
+values holds, per type, one raw value or a tuple of them (when there is one type, values
+is that entry itself). A plain tuple of strings, ints and tuples: the cyclic collector
+stops tracking it (and then the shard dicts holding it), so a full collection does not
+walk the snapshot, however much of it deltas have rewritten."""
+_NAME: Final = 0
+_TTL: Final = 1
+_OWNER: Final = 2
+_KINDS: Final = 3
+_DATA: Final = 4
+
+
+def _raw(node: RawNode, rtype: int) -> Any:
+    """The raw value(s) of ``rtype`` at ``node``, or None."""
+    types = node[_KINDS]
+    if len(types) == 1:
+        return node[_DATA] if types[0] == rtype else None
+    for i, t in enumerate(types):
+        if t == rtype:
+            return node[_DATA][i]
+    return None
+
+
+def _raw_items(node: RawNode) -> Iterator[tuple[int, tuple[Any, ...]]]:
+    """(type, raw values) pairs of ``node``, without making records."""
+    types = node[_KINDS]
+    if len(types) == 1:
+        raw = node[_DATA]
+        yield types[0], raw if type(raw) is tuple else (raw,)
+        return
+    for t, raw in zip(types, node[_DATA], strict=True):
+        yield t, raw if type(raw) is tuple else (raw,)
+
+
+def _record_count(node: RawNode) -> int:
+    types, data = node[_KINDS], node[_DATA]
+    if len(types) == 1:
+        return len(data) if type(data) is tuple else 1
+    return sum(len(v) if type(v) is tuple else 1 for v in data)
+
+
 class LazyNode(Mapping[RRType, tuple[Record, ...]]):
-    """One owner name's RRsets, stored as raw values and made into ``Record``s on lookup.
+    """A read view of one owner name's RRsets (a ``RawNode``), made on lookup: records
+    are made from the raw values when asked for. A node with no types is an empty
+    non-terminal."""
 
-    ``data`` holds, per type in ``types``, one raw value or a tuple of them (when
-    ``types`` has one entry, ``data`` is that entry itself). A node with no types is an
-    empty non-terminal. ``owner`` is the contribution that made it (see ``Builder``).
-    Immutable by convention: nothing writes to its slots after construction.
-    """
+    __slots__ = ("raw",)
 
-    __slots__ = ("data", "name", "owner", "ttl", "types")
+    def __init__(self, raw: RawNode) -> None:
+        self.raw = raw
 
-    def __init__(self, name: str, ttl: int, owner: Owner,
-                 types: tuple[RRType, ...], values: Any) -> None:
-        self.name = name
-        self.ttl = ttl
-        self.owner = owner
-        self.types = types
-        self.data = values
+    @property
+    def name(self) -> str:
+        return self.raw[_NAME]
 
-    def _raw(self, rtype: int) -> Any:
-        types = self.types
-        if len(types) == 1:
-            return self.data if types[0] == rtype else None
-        for i, t in enumerate(types):
-            if t == rtype:
-                return self.data[i]
-        return None
+    @property
+    def owner(self) -> Owner:
+        owner: Owner = self.raw[_OWNER]
+        return owner
 
     def _rrset(self, rtype: int, raw: Any) -> tuple[Record, ...]:
-        name, ttl, wrap = self.name, self.ttl, _WRAP.get(rtype)
+        name, ttl, wrap = self.raw[_NAME], self.raw[_TTL], _WRAP.get(rtype)
         items = raw if type(raw) is tuple else (raw,)
         if wrap is None:
             return tuple(Record(name, ttl, v) for v in items)
         return tuple(Record(name, ttl, wrap(v)) for v in items)
 
-    def raw_items(self) -> Iterator[tuple[RRType, tuple[Any, ...]]]:
-        """(type, raw values) pairs, without making records."""
-        types = self.types
-        if len(types) == 1:
-            raw = self.data
-            yield types[0], raw if type(raw) is tuple else (raw,)
-            return
-        for t, raw in zip(types, self.data, strict=True):
-            yield t, raw if type(raw) is tuple else (raw,)
+    def raw_items(self) -> Iterator[tuple[int, tuple[Any, ...]]]:
+        return _raw_items(self.raw)
 
     def __getitem__(self, rtype: RRType) -> tuple[Record, ...]:
-        raw = self._raw(rtype)
+        raw = _raw(self.raw, rtype)
         if raw is None:
             raise KeyError(rtype)
         return self._rrset(rtype, raw)
 
     def get(self, rtype: RRType, default: Any = None) -> Any:
-        raw = self._raw(rtype)
+        raw = _raw(self.raw, rtype)
         return default if raw is None else self._rrset(rtype, raw)
 
     def __contains__(self, rtype: object) -> bool:
-        return rtype in self.types
+        return rtype in self.raw[_KINDS]
 
     def __iter__(self) -> Iterator[RRType]:
-        return iter(self.types)
+        return (RRType(t) for t in self.raw[_KINDS])
 
     def __len__(self) -> int:
-        return len(self.types)
+        return len(self.raw[_KINDS])
 
     def record_count(self) -> int:
-        types, data = self.types, self.data
-        if len(types) == 1:
-            return len(data) if type(data) is tuple else 1
-        return sum(len(v) if type(v) is tuple else 1 for v in data)
+        return _record_count(self.raw)
 
     def __repr__(self) -> str:
         return f"LazyNode({self.name!r}, {dict(self)!r})"
@@ -159,18 +185,18 @@ _V = TypeVar("_V")
 _ONE_TYPE = {t: _types((t,)) for t in RRType}
 
 
-def _node(name: str, ttl: int, owner: Owner, sets: Mapping[RRType, Iterable[Any]]) -> LazyNode:
+def _node(name: str, ttl: int, owner: Owner, sets: Mapping[RRType, Iterable[Any]]) -> RawNode:
     """A node from raw values per type (already de-duplicated and in order)."""
     if len(sets) == 1:  # the common case: one RRset, often of one record
         for rtype, values in sets.items():
             items = tuple(values)
-            return LazyNode(name, ttl, owner, _ONE_TYPE[rtype],
-                            items[0] if len(items) == 1 and rtype != RRType.SRV else items)
+            return (name, ttl, owner, _ONE_TYPE[rtype],
+                    items[0] if len(items) == 1 and rtype != RRType.SRV else items)
     if not sets:
-        return LazyNode(name, ttl, owner, (), ())
+        return (name, ttl, owner, (), ())
     types = _types(tuple(sets))
     packed = [_pack(tuple(v), t) for t, v in sets.items()]
-    return LazyNode(name, ttl, owner, types, tuple(packed))
+    return (name, ttl, owner, types, tuple(packed))
 
 
 def _pack(values: tuple[Any, ...], rtype: RRType) -> Any:
@@ -228,6 +254,19 @@ class NameIndex(Mapping[_K, _V]):
 
     def __len__(self) -> int:
         return self._len
+
+
+class NodeIndex(NameIndex[str, Node]):
+    """The snapshot's names: a ``NameIndex`` of ``RawNode``s that hands out views."""
+
+    __slots__ = ()
+
+    def __getitem__(self, key: str) -> Node:
+        return LazyNode(self._shards[hash(key) & self._mask][key])  # type: ignore[arg-type]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        raw = self._shards[hash(key) & self._mask].get(key)
+        return default if raw is None else LazyNode(raw)  # type: ignore[arg-type]
 
 
 class _CowIndex:
@@ -293,9 +332,9 @@ class _CowIndex:
             if self.weigh is not None:
                 self.weight -= self.weigh(before)
 
-    def freeze(self) -> NameIndex[Any, Any]:
+    def freeze(self, kind: type[NameIndex[Any, Any]] = NameIndex) -> NameIndex[Any, Any]:
         self.owned.clear()
-        return NameIndex(tuple(self.shards), self.length)
+        return kind(tuple(self.shards), self.length)
 
 
 def _shard_count(estimate: int) -> int:
@@ -416,7 +455,7 @@ class _Shared:
 
     def __init__(self) -> None:
         self.empty = 0
-        self.claims: dict[Owner, LazyNode] = {}
+        self.claims: dict[Owner, RawNode] = {}
 
 
 class Builder:
@@ -451,7 +490,7 @@ class Builder:
         self.claimed: dict[Owner, tuple[tuple[str, ...], tuple[str, ...]]] = {}
         self.shared: dict[str, _Shared] = {}
         size = len(cluster.services) * 4 + sum(s.endpoint_count for s in cluster.endpoint_slices)
-        self.index = _CowIndex(_shard_count(2 * size), LazyNode.record_count)
+        self.index = _CowIndex(_shard_count(2 * size), _record_count)
         self.infos = _CowIndex(_shard_count(len(cluster.services)))
         self._dirty_services: set[Key] = set()
         # Dirty services whose only change is endpoints moving inside slices they already
@@ -635,7 +674,7 @@ class Builder:
         self.replaced = self.index.writes - writes
         return Snapshot(serial=serial, synced=True, config=self.config,
                         zones=self.zones_long_first, forward_zones=self.forward,
-                        nodes=self.index.freeze(), namespaces=self._namespaces,
+                        nodes=self.index.freeze(NodeIndex), namespaces=self._namespaces,
                         pod_ips=self._pod_ips, services=self.infos.freeze(),
                         record_count=self.index.weight)
 
@@ -666,7 +705,7 @@ class Builder:
         for name in old[1]:
             if claims.get(name, True):
                 self._drop(owner, name, False)
-        made: list[tuple[LazyNode, int]] = []
+        made: list[tuple[RawNode, int]] = []
         for name in full:
             sets = claims[name]
             if name in old_full:
@@ -695,7 +734,7 @@ class Builder:
         ttl, zones, one_type = self.ttl, self.zone_set, _ONE_TYPE
         full: list[str] = []
         empty: list[str] = []
-        made: list[tuple[LazyNode, int]] = []
+        made: list[tuple[RawNode, int]] = []
         _add_ancestors(claims, zones)
         for name, sets in claims.items():
             if not sets:
@@ -707,7 +746,7 @@ class Builder:
             above = dict[str, None]()
             for name, rtype, value in lone:
                 full.append(name)
-                made.append((LazyNode(name, ttl, owner, one_type[rtype], value), 1))
+                made.append(((name, ttl, owner, one_type[rtype], value), 1))
                 while name not in zones and "." in name:  # its empty non-terminals
                     name = name.partition(".")[2]
                     if name in above or name in claims:
@@ -721,7 +760,7 @@ class Builder:
         if full or empty:
             self.claimed[owner] = (tuple(full), tuple(empty))
 
-    def _write_new(self, made: Iterable[tuple[LazyNode, int]]) -> None:
+    def _write_new(self, made: Iterable[tuple[RawNode, int]]) -> None:
         """Index nodes for names their owner did not hold (with their record counts).
 
         One probe each: a name nobody holds yet (the common case) is written straight
@@ -732,7 +771,7 @@ class Builder:
         shards, mask, writable, owned = index.shards, index.mask, index.writable_shard, index.owned
         added = weight = 0
         for node, count in made:
-            name = node.name
+            name = node[_NAME]
             i = hash(name) & mask
             if (shards[i] if i in owned else writable(i)).setdefault(name, node) is node:
                 added += 1
@@ -749,18 +788,18 @@ class Builder:
             # prefix: one per service in a full build): one more holder, nothing to index.
             shared.empty += 1
         else:
-            self._put(LazyNode(name, self.ttl, owner, (), ()))
+            self._put((name, self.ttl, owner, (), ()))
 
     def _withdraw(self, owner: Owner) -> None:
         """Remove every name ``owner`` claimed (no-op if it claimed none)."""
         self._claim(owner, {})
 
-    def _swap(self, owner: Owner, node: LazyNode) -> None:
-        """``owner`` claims ``node.name`` with records again: write it if they changed."""
-        name = node.name
+    def _swap(self, owner: Owner, node: RawNode) -> None:
+        """``owner`` claims the node's name with records again: write it if they changed."""
+        name = node[_NAME]
         shared = self.shared.get(name)
         before = shared.claims[owner] if shared is not None else self.index.get(name)
-        if before.types == node.types and before.data == node.data:
+        if before[_KINDS] == node[_KINDS] and before[_DATA] == node[_DATA]:
             return
         if shared is None:
             self.index.set(name, node)
@@ -768,8 +807,8 @@ class Builder:
             shared.claims[owner] = node
             self._settle(name, shared)
 
-    def _put(self, node: LazyNode) -> None:
-        name, index = node.name, self.index
+    def _put(self, node: RawNode) -> None:
+        name, index = node[_NAME], self.index
         shared = self.shared.get(name)
         if shared is None:
             present = index.get(name)
@@ -782,9 +821,9 @@ class Builder:
         self._settle(name, shared)
 
     @staticmethod
-    def _add_shared(shared: _Shared, node: LazyNode) -> None:
-        if node.types:
-            shared.claims[node.owner] = node
+    def _add_shared(shared: _Shared, node: RawNode) -> None:
+        if node[_KINDS]:
+            shared.claims[node[_OWNER]] = node
         else:
             shared.empty += 1
 
@@ -792,7 +831,7 @@ class Builder:
         """Index the merge of a shared name's claims (an empty node stays as it was)."""
         if not shared.claims:
             present = self.index.get(name)
-            if present is not None and not present.types:
+            if present is not None and not present[_KINDS]:
                 return
         self.index.set(name, self._merged(name, shared))
 
@@ -814,15 +853,15 @@ class Builder:
             del self.shared[name]
             self.index.delete(name)
 
-    def _merged(self, name: str, shared: _Shared) -> LazyNode:
+    def _merged(self, name: str, shared: _Shared) -> RawNode:
         if not shared.claims:
-            return LazyNode(name, self.ttl, _ZONE_OWNER, (), ())
+            return (name, self.ttl, _ZONE_OWNER, (), ())
         if len(shared.claims) == 1:
             return next(iter(shared.claims.values()))
         sets: dict[RRType, dict[Any, None]] = {}
         for owner in sorted(shared.claims):
-            for rtype, raw in shared.claims[owner].raw_items():
-                sets.setdefault(rtype, {}).update(dict.fromkeys(raw))
+            for rtype, raw in _raw_items(shared.claims[owner]):
+                sets.setdefault(RRType(rtype), {}).update(dict.fromkeys(raw))
         return _node(name, self.ttl, _ZONE_OWNER, sets)
 
     # ------------------------------------------------------------- what owners claim
