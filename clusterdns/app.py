@@ -28,6 +28,7 @@ from clusterdns.http import HttpEndpoints
 from clusterdns.metrics import (
     MONITORED_CODES,
     ForwardDurations,
+    GcPauses,
     Latency,
     QueryMetrics,
     new_registry,
@@ -106,6 +107,7 @@ class App:
             reuse_port=config.workers > 1), observe=self._observer(),
             fast=self.handler.fast.lookup if self.handler.fast is not None else None)
         self.latency = Latency()
+        self.gc_pauses = GcPauses()
         self.sync_duration: float | None = None  # seconds from start() to the first sync
         self._started_at = time.monotonic()
         self.registry = new_registry(self, self.query_metrics)
@@ -210,6 +212,7 @@ class App:
     async def start(self) -> None:
         """Load (file), bind, publish (file), then watch. Raises on a broken start."""
         self._started_at = time.monotonic()
+        self.gc_pauses.install()
         if self.file is not None:
             self.file.load()
         elif self.kube is not None:
@@ -254,6 +257,7 @@ class App:
         await self._stopped.wait()
 
     async def close(self) -> None:
+        self.gc_pauses.remove()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
