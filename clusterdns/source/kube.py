@@ -9,12 +9,20 @@ relist; 410 Gone relists; other failures back off exponentially with jitter (cap
 about a second for the first minute of an outage, so DNS catches up within two seconds
 of the API server coming back, and at five seconds for a kind that has not listed yet,
 so a granted RBAC rule makes the server ready within seconds), honouring
-``Retry-After``. A watch asks to be ended well
-within ``watch_silence`` (60 s); one that sends nothing for that long (no event, no
-bookmark, no end) is dropped and re-watched, and TCP keepalive on its connection notices
-a vanished peer in about 30 s; 403 is logged once
-with the RBAC rule that is missing. Until every reflector has listed once, ``changed``
-is never called, so the server stays unsynced (SERVFAIL) rather than answer NXDOMAIN.
+``Retry-After``; 403 is logged once with the RBAC rule that is missing.
+
+Silence is noticed: a watch asks to be ended well within ``watch_silence`` (60 s), so
+one that brings nothing for that long (no event, no bookmark, no end) is stuck and is
+re-watched; TCP keepalive on its connection fails the read of a vanished peer in about
+30 s. History going backwards (etcd restored from a backup, a new cluster at the same
+address) relists: a 504 ``ResourceVersionTooLarge``, or a list, event or bookmark lower
+than the last resourceVersion seen, or -- after a watch that brought nothing, which is
+all a watch cache says below its version -- a one-item list showing the API server
+below ours. An object modified into a malformed one keeps its last good version, on a
+relist as on the watch, until a good version or its deletion.
+
+Until every reflector has listed once, ``changed`` is never called, so the server stays
+unsynced (SERVFAIL) rather than answer NXDOMAIN.
 """
 
 from __future__ import annotations
@@ -175,7 +183,6 @@ def older(rv: str | None, than: str | None) -> bool:
     """Whether resourceVersion ``rv`` is lower than ``than`` (both integers, else no)."""
     a, b = _revision(rv), _revision(than)
     return a is not None and b is not None and a < b
-
 
 
 @dataclass(slots=True)
