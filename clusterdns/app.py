@@ -306,6 +306,8 @@ class App:
                 self._spawn("file-source", file.run(self.changed))
             elif kube is not None:
                 self._spawn("kube-source", kube.run(self.changed))
+        elif self.kube is not None:  # settings each watch reads when it starts
+            self.kube.config = new
         if any(getattr(old, k) != getattr(new, k) for k in FORWARD_KEYS):
             await self._replace_forwarder(new)
         if self.kube is None or self.kube.synced:

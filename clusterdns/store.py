@@ -103,7 +103,7 @@ class Store:
         for obj in objs:
             key = key_of(obj)
             old = objects.get(key)
-            if old is not None and (not scope or key[0] == scope) and old == obj:
+            if old is not None and (not scope or key[0] == scope) and (old is obj or old == obj):
                 merged[key] = old
             else:
                 merged[key] = obj

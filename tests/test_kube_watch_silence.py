@@ -14,6 +14,7 @@ keepalive options are read back from the very sockets the fake serves watches on
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -191,3 +192,14 @@ def test_every_watch_connection_has_tcp_keepalive_noticing_a_dead_peer_in_thirty
         assert keepalive == 1, peer
         assert (idle, interval, count) == (15, 5, 3), peer
         assert idle + interval * count <= 30, peer
+
+
+def test_a_config_reload_gives_the_running_watches_a_new_watch_silence(
+        fake: FakeKube, make_server: StartServer, tmp_path: Path) -> None:
+    server = start(make_server, fake, tmp_path, watch_silence=60.0)
+    kube = server.app.kube
+    assert kube is not None
+    new = server.app.config.replace(watch_silence=5.0)
+    asyncio.run_coroutine_threadsafe(server.app.apply_config(new), server.loop).result(10)
+    assert server.app.kube is kube, "no relist: the source was kept"
+    assert kube.config.watch_silence == 5.0

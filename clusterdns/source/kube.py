@@ -413,10 +413,16 @@ class Reflector:
                 continue
             body = json.loads(await response.read())
             meta = body.get("metadata") or {}
+            store, kind = self.source.store, self.resource.kind
             for raw in body.get("items") or ():
                 obj = self._convert(raw)
                 if obj is not None:
-                    objs.append(obj)
+                    # An object as we have it already is kept, and the new copy dropped
+                    # at once: a relist of 100k endpoints then holds one page of new
+                    # objects at a time, not a second copy of the cluster.
+                    old = store.get(kind, key_of(obj))
+                    objs.append(old if old is not None and old == obj else obj)
+            del body
             cont = meta.get("continue") or None
             if cont is None:
                 break
