@@ -78,7 +78,7 @@ class Config:
     max_udp_size: int = 1232
     tcp_idle_timeout: float = 10.0
     tcp_max_connections: int = 1000
-    poll_interval: float = 1.0
+    poll_interval: float = 0.5
     kubeconfig: str = ""  # "" -> $KUBECONFIG, ~/.kube/config, then in-cluster config
     context: str = ""  # kubeconfig context; "" -> the current context
     labels: str = ""  # label selector: only services matching it are served

@@ -143,7 +143,7 @@ class Hist:
 
 _RCODES = tuple(rcode_name(i) for i in range(16))
 _SIZE_INDEX = [bisect_left(SIZE_BUCKETS, n) for n in range(65536)]
-NAME_CACHE_MAX = 20_000
+NAME_CACHE_MAX = 4096
 """Distinct (name, type) questions whose labels ``observe`` remembers; emptied when full."""
 
 

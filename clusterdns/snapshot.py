@@ -866,6 +866,18 @@ class Builder:
 
     # ------------------------------------------------------------- what owners claim
 
+    def _spelling(self, spelled: dict[str, str]) -> Callable[[str, str], str]:
+        """``spelled.setdefault`` that first takes a name's object from the index."""
+        index_get = self.index.get
+
+        def one(text: str, _: str) -> str:
+            found = spelled.get(text)
+            if found is None:
+                node = index_get(text)
+                found = spelled[text] = text if node is None else node[_NAME]
+            return found
+        return one
+
     def _zone_claims(self, serial: int) -> dict[str, dict[RRType, dict[Any, None]]]:
         ttl, domain = self.ttl, self.domain
         recs: list[Record] = []
@@ -985,8 +997,10 @@ class Builder:
 
         # One string object per distinct name: an endpoint's name is its node's key,
         # its SRV target and its PTR target (the same text, stored once).
+        # Recomputing a service, the names it holds already keep their objects: a new SRV
+        # target would otherwise be a second copy of its endpoint name's text.
         spelled: dict[str, str] = {}
-        one = spelled.setdefault
+        one = spelled.setdefault if lone is not None else self._spelling(spelled)
         for zone in self.forward:
             base = names.join(svc.name, svc.namespace, "svc", zone)
             base = one(base, base)

@@ -454,3 +454,19 @@ async def test_run_polls_on_a_fixed_cadence_whatever_a_reload_costs(tmp_path: Pa
         await sleep.step()  # nothing changed
     assert sleep.durations == [1.5, 2.0]
     assert len(changes) == 1
+
+
+async def test_a_file_renamed_over_the_dump_is_loaded_at_once_an_in_place_edit_settles_first(
+        tmp_path: Path) -> None:
+    path = write(tmp_path / "dump.yaml", service_doc("web"))
+    source = FileSource([path], poll_interval=0.05, settle=5.0)
+    source.load()
+    published = Published(source)
+    async with running(source, published):
+        replacement = write(tmp_path / "dump.yaml.new", service_doc("renamed"))
+        os.replace(replacement, path)  # a new inode: complete by construction
+        cluster = await asyncio.wait_for(published.queue.get(), timeout=3)
+        assert service_names(cluster) == ["renamed"]
+        write(path, service_doc("edited"))  # in place: waits for 5 quiet seconds
+        await asyncio.sleep(1.0)
+        assert service_names(source.cluster()) == ["renamed"]

@@ -7,7 +7,8 @@ loaded only when it is safe and cheap to do so:
 - **Settled.** ``kubectl get ... > dump.yaml`` truncates the file first and writes it
   later; an editor or a slow writer may rewrite it in place. A change is loaded only
   once the files' size, mtime and inode have stayed the same for ``settle`` seconds
-  (half a second by default), re-checked every tenth of a second.
+  (half a second by default), re-checked every tenth of a second; a file renamed over
+  the dump (a new inode) is complete and loaded at once.
 - **Not empty.** A load that finds no objects at all, after one that found some, is
   refused with a warning: an empty or truncated file is a writer at work, not a
   cluster that lost every namespace. The previous answers keep serving.
@@ -32,7 +33,7 @@ from pathlib import Path
 
 from clusterdns.objects import Cluster, EndpointSlice, KubeObject, Namespace, Pod, Service
 from clusterdns.source.dump import LoadResult, SourceError, load_files
-from clusterdns.source.loader import load_in_child
+from clusterdns.source.loader import Loader
 from clusterdns.store import Key, Kind, Store, key_of
 
 _log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class FileSource:
     def __init__(
         self,
         paths: Sequence[Path],
-        poll_interval: float = 1.0,
+        poll_interval: float = 0.5,
         *,
         settle: float = SETTLE,
         clock: Callable[[], float] = time.monotonic,
@@ -76,6 +77,7 @@ class FileSource:
         self._clock = clock
         self._sleep = sleep
         self._seen: tuple[_FileState, ...] | None = None
+        self._loader = Loader()
         self.store = Store()
 
     def cluster(self) -> Cluster:
@@ -99,6 +101,10 @@ class FileSource:
         await self._reload()
         return self.cluster()
 
+    async def close(self) -> None:
+        """Stop the loader child kept ready for the next reload."""
+        await self._loader.close()
+
     async def run(self, changed: Callable[[], None]) -> None:
         """Poll forever; install every good reload and call ``changed``.
 
@@ -118,7 +124,12 @@ class FileSource:
             await self._sleep(max(0.0, next_poll - self._clock()))
 
     async def _settled(self, states: tuple[_FileState, ...]) -> tuple[_FileState, ...]:
-        """The files' states once they have not changed for ``settle`` seconds."""
+        """The files' states once they have not changed for ``settle`` seconds; at once
+        when every changed file is a new one (a rename put it there whole)."""
+        before = self._seen or (None,) * len(states)
+        if all(old is not None and new is not None and new[2] != old[2]
+               for old, new in zip(before, states, strict=True) if old != new):
+            return states
         stable_since = started = self._clock()
         warned = False
         while self._clock() - stable_since < self._settle:
@@ -137,7 +148,7 @@ class FileSource:
         """Load in a child, refuse an empty result, install what changed; whether
         anything did. Raises ``SourceError``."""
         started = self._clock()
-        objects, result = await load_in_child(self._paths)
+        objects, result = await self._loader.load(self._paths)
         self._log_load(result, objects, started)
         total = sum(self.store.count(kind) for kind in Kind)
         if not objects and total:

@@ -93,7 +93,7 @@ class Tuning:
     page_size: int = 500
     # EndpointSlices are up to 100 endpoints each: smaller pages keep the raw JSON of one
     # page (the peak of a relist at 100k endpoints) small.
-    slice_page_size: int = 50
+    slice_page_size: int = 10
     # timeoutSeconds asked of the server, jittered +-20%, and at most WATCH_SHARE of the
     # silence limit.
     watch_timeout: float = 300.0
