@@ -331,9 +331,8 @@ def test_changing_one_slice_rewrites_only_that_services_names_and_the_apex() -> 
         (Port("http", "tcp", 8080),)))
     new = ref.publish_changes(deltas(store))
     def stored(snap: Snapshot, name: str) -> object:  # the index's own object, not a view
-        node = snap.nodes.get(name)
-        assert node is None or isinstance(node, snapshot.LazyNode)
-        return None if node is None else node.raw
+        assert isinstance(snap.nodes, snapshot.NodeIndex)
+        return snap.nodes.stored(name)
 
     changed = {name for name in set(old.nodes) | set(new.nodes)
                if stored(old, name) is not stored(new, name)}
