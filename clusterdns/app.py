@@ -240,6 +240,7 @@ class App:
                     kind = ("headless_with_selector" if info.kind is ServiceKind.HEADLESS
                             else "cluster_ip")
                     self.latency.observe_trigger(kind, wall - p.triggered)
+            del snap  # an old generation kept alive pins every index shard changed since
             if now - self._trimmed >= TRIM_EVERY:
                 self._trimmed = now
                 await asyncio.to_thread(release_memory)

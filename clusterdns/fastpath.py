@@ -19,9 +19,9 @@ without options (cookies, client subnet, padding... take the full path every tim
 Only replies that depend on nothing but the snapshot and the key are stored; the handler
 decides which (never forwarded replies).
 
-Invalidation: the tables belong to one snapshot object. When the snapshot reference
-points at another object, the next lookup starts fresh tables. A handler setting the
-replies depend on (UDP size, forwarder) changing calls ``clear``.
+Invalidation: the tables belong to one snapshot generation (its serial). When the
+snapshot reference points at another generation, the next lookup starts fresh tables.
+A handler setting the replies depend on (UDP size, forwarder) changing calls ``clear``.
 
 Round robin: a headless A/AAAA RRset of n records is cached as n rotations, filled
 lazily by the full path, and hits cycle through them (``wanted_rotation`` tells the full
@@ -197,7 +197,9 @@ class ReplyCache:
         self.max_bytes = max_bytes
         self.bytes = 0  # what the stored entries count against max_bytes
         self.hits = HitCounts()
-        self._snap: Snapshot | None = None
+        # The serial of the snapshot the tables belong to (not the snapshot itself, which
+        # would keep an old generation's index alive until the next query).
+        self._serial = -1
         self._udp: dict[bytes, _Entry] = {}
         self._tcp: dict[bytes, _Entry] = {}
         self._by_slot = (self._udp, self._udp, self._tcp, self._tcp)
@@ -208,10 +210,10 @@ class ReplyCache:
 
     def clear(self) -> None:
         """Forget every reply (a setting the replies depend on changed)."""
-        self._snap = None
+        self._serial = -1
 
-    def _renew(self, snap: Snapshot | None) -> None:
-        self._snap = snap
+    def _renew(self, serial: int) -> None:
+        self._serial = serial
         self._udp = {}
         self._tcp = {}
         self._by_slot = (self._udp, self._udp, self._tcp, self._tcp)
@@ -223,8 +225,9 @@ class ReplyCache:
 
         This is the hit path: one slice, one dict lookup, one concatenation.
         """
-        if self._ref.current is not self._snap:
-            self._renew(self._ref.current)
+        serial = self._ref.current.serial
+        if serial != self._serial:
+            self._renew(serial)
             return None
         entry = self._by_slot[slot].get(data[2:])
         if entry is None:
@@ -247,7 +250,7 @@ class ReplyCache:
     def wanted_rotation(self, data: bytes, tcp: bool) -> int | None:
         """For a query whose entry misses the rotation its cursor points at: that one."""
         entry = (self._tcp if tcp else self._udp).get(data[2:])
-        if entry is None or entry.body is not None or self._snap is not self._ref.current:
+        if entry is None or entry.body is not None or self._serial != self._ref.current.serial:
             return None
         return entry.cursor
 
@@ -259,10 +262,10 @@ class ReplyCache:
         it was stored (not when ``data`` is not plain, ``snap`` is no longer current, or
         the reply alone is over ``max_bytes``).
         """
-        if snap is not self._snap:
+        if snap.serial != self._serial:
             if snap is not self._ref.current:
                 return False
-            self._renew(snap)
+            self._renew(snap.serial)
         if len(reply) < 12 or not plain_query(data):
             return False
         hits = self.hits
@@ -271,7 +274,7 @@ class ReplyCache:
         cell = hits.cell(key)
         if cell is None:  # no room for a new counter cell: fold them, start afresh
             hits.fold()
-            self._renew(snap)
+            self._renew(snap.serial)
             cell = hits.cell(key)
             assert cell is not None
         table = self._tcp if tcp else self._udp
