@@ -12,10 +12,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+import yaml
 
 from clusterdns.objects import Cluster, Namespace, Pod, ServiceKind
-from clusterdns.source.dump import LoadResult, SourceError, load_files
+from clusterdns.source.dump import ItemCache, LoadResult, SourceError, load_files
 from clusterdns.source.file import FileSource
+from conftest import DEMO_CLUSTER, EXTRA_CLUSTER
 
 DEMO = Path(__file__).parent.parent / "config" / "demo-cluster.yaml"
 LOGGER = "clusterdns.source.file"
@@ -470,3 +472,75 @@ async def test_a_file_renamed_over_the_dump_is_loaded_at_once_an_in_place_edit_s
         write(path, service_doc("edited"))  # in place: waits for 5 quiet seconds
         await asyncio.sleep(1.0)
         assert service_names(source.cluster()) == ["renamed"]
+
+
+# ------------------------------------------------------ YAML Lists, item by item
+
+
+def kubectl_yaml_list(objects: list[dict[str, object]]) -> str:
+    """A List as ``kubectl get -A -o yaml`` writes it (keys sorted, items at column 0)."""
+    return str(yaml.safe_dump({"apiVersion": "v1", "items": objects, "kind": "List",
+                               "metadata": {"resourceVersion": ""}},
+                              default_flow_style=False))
+
+
+def demo_objects() -> list[dict[str, object]]:
+    out: list[dict[str, object]] = []
+    for path in (DEMO_CLUSTER, EXTRA_CLUSTER):
+        out.extend(doc for doc in yaml.safe_load_all(path.read_text()) if doc)
+    return out
+
+
+def test_a_yaml_list_read_item_by_item_through_the_cache_equals_reading_it_whole(
+        tmp_path: Path) -> None:
+    objects = demo_objects()
+    objects[3] = {"kind": "Service", "metadata": {"name": "bad"}, "spec": {"clusterIP": "x"}}
+    path = write(tmp_path / "dump.yaml", kubectl_yaml_list(objects))
+    whole = load_files([path])
+    cache = ItemCache()
+    for _ in range(2):  # the first load fills the cache, the second reads from it
+        assert load_files([path], cache) == whole
+        assert cache.complete
+        assert len(cache.items) == len(objects)
+    assert len(whole.warnings) == 1 and "item 4" in whole.warnings[0]
+
+
+def test_a_rewritten_yaml_list_parses_only_the_items_that_changed(tmp_path: Path) -> None:
+    objects = demo_objects()
+    path = write(tmp_path / "dump.yaml", kubectl_yaml_list(objects))
+    cache = ItemCache()
+    load_files([path], cache)
+    before = dict(cache.items)
+    changed = next(i for i, o in enumerate(objects) if o.get("kind") == "Service")
+    objects[changed] = {**objects[changed], "metadata": {
+        **objects[changed]["metadata"], "labels": {"new": "label"}}}  # type: ignore[dict-item]
+    write(path, kubectl_yaml_list(objects))
+    result = load_files([path], cache)
+    fresh = [text for text in cache.items if text not in before]
+    assert len(fresh) == 1 and "new: label" in fresh[0]
+    assert result == load_files([path])
+    assert cache.items[fresh[0]] is not None
+
+
+@pytest.mark.parametrize("text", [
+    "apiVersion: v1\nkind: Namespace\nmetadata: {name: prod}\n",  # not a List
+    "items:\n- kind: Namespace\n  metadata: {name: prod}\n---\nkind: Namespace\n"
+    "metadata: {name: dev}\n",  # a second document after the List
+    "kind: List\nitems:\n  - kind: Namespace\n    metadata: {name: prod}\n",  # indented items
+])
+def test_yaml_that_is_not_a_kubectl_style_list_is_read_whole(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path / "dump.yaml", text)
+    cache = ItemCache()
+    assert load_files([path], cache) == load_files([path])
+    assert not cache.complete
+
+
+def test_a_broken_item_is_reported_as_a_whole_parse_would_report_it(tmp_path: Path) -> None:
+    path = write(tmp_path / "dump.yaml", "apiVersion: v1\nitems:\n- kind: Namespace\n"
+                 "  metadata: {name: prod\n- kind: Namespace\n  metadata: {name: dev}\n"
+                 "kind: List\n")
+    with pytest.raises(SourceError) as whole:
+        load_files([path])
+    with pytest.raises(SourceError) as cached:
+        load_files([path], ItemCache())
+    assert str(cached.value) == str(whole.value)

@@ -50,22 +50,48 @@ class LoadResult:
     ignored: Mapping[str, int]  # unsupported kind -> number of objects
 
 
-def load_files(paths: Sequence[Path]) -> LoadResult:
+class ItemCache:
+    """The items of YAML Lists as ``kubectl get -o yaml`` writes them, by their text, as
+    the last load converted them.
+
+    PyYAML's C loader reads about 1 MB a second, so a 1.5 MB dump took 1.5 s to load
+    however little had changed. With a cache, ``load_files`` cuts such a List into its
+    items (each starts a line with ``- `` under ``items:``) and parses only the items
+    whose text it has not seen: a rewrite that changed a few services parses a few.
+    ``complete`` says whether every file of the last load was read this way; it holds
+    the items of the last load only.
+    """
+
+    def __init__(self) -> None:
+        self.items: dict[str, _Outcome] = {}
+        self.complete = False
+
+
+def load_files(paths: Sequence[Path], cache: ItemCache | None = None) -> LoadResult:
     """Read and convert every object in ``paths``; the last of duplicate objects wins.
 
     Raises ``SourceError`` when any file cannot be read or parsed.
     """
     collector = _Collector()
+    seen: dict[str, _Outcome] | None = None
+    if cache is not None:
+        seen, cache.complete = {}, True
     for path in paths:
         where = str(path)
-        for number, document in enumerate(_parse(path, collector), 1):
+        for number, document in enumerate(_parse(path, collector, cache, seen), 1):
             collector.add_document(f"{where}: document {number}", document)
+    if cache is not None and seen is not None:
+        cache.items = seen
     return collector.result()
 
 
-def _parse(path: Path, collector: _Collector) -> list[Any]:
-    """The documents of one file (a JSON List may go straight into ``collector``)."""
+def _parse(path: Path, collector: _Collector, cache: ItemCache | None = None,
+           seen: dict[str, _Outcome] | None = None) -> list[Any]:
+    """The documents of one file (a JSON List, or with ``cache`` a YAML List, may go
+    straight into ``collector``)."""
     if _stream_json_list(path, collector):
+        if cache is not None:
+            cache.complete = False
         return []
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -77,7 +103,13 @@ def _parse(path: Path, collector: _Collector) -> list[Any]:
     if first is None:
         return []
     if path.suffix.lower() == ".json":
+        if cache is not None:
+            cache.complete = False
         return _parse_json(path, text)
+    if cache is not None and seen is not None:
+        if _cached_items(path, text, collector, cache, seen):
+            return []
+        cache.complete = False
     if first.group() in "{[":
         # Most likely ``-o json``; a YAML file may start with a flow collection too
         # (``{kind: Namespace, ...}``), so anything that is not JSON goes on to YAML.
@@ -100,6 +132,54 @@ def _parse(path: Path, collector: _Collector) -> list[Any]:
                           f"{exc.reason}") from None
     except yaml.YAMLError as exc:
         raise SourceError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+
+
+_ITEMS = re.compile(r"^items:[ \t]*\n", re.MULTILINE)
+_ITEM_START = re.compile(r"^-(?: |$)", re.MULTILINE)
+_ITEMS_END = re.compile(r"^(?:[^ \-\n]|-[^ \n])", re.MULTILINE)  # column 0, not "- "
+
+
+def _cached_items(path: Path, text: str, collector: _Collector, cache: ItemCache,
+                  seen: dict[str, _Outcome]) -> bool:
+    """Read a kubectl-style YAML List item by item through ``cache`` (see
+    ``ItemCache``); False, having added nothing, when ``text`` is not one or anything
+    in it does not parse (the caller then parses it whole, for the error's place)."""
+    match = _ITEMS.search(text)
+    if match is None:
+        return False
+    start = match.end()
+    end_match = _ITEMS_END.search(text, start)
+    end = end_match.start() if end_match is not None else len(text)
+    starts = [m.start() for m in _ITEM_START.finditer(text, start, end)]
+    if not starts or starts[0] != start:
+        return False
+    try:
+        skeleton = yaml.load(text[:start] + text[end:], Loader=_YamlLoader)
+    except yaml.YAMLError:
+        return False
+    kind = skeleton.get("kind") if isinstance(skeleton, dict) else None
+    if not (isinstance(kind, str) and kind.endswith("List") and "items" in skeleton
+            and skeleton["items"] is None):
+        return False
+    item_kind = kind[: -len("List")]
+    outcomes: list[_Outcome] = []
+    for begin, finish in zip(starts, [*starts[1:], end], strict=True):
+        item = text[begin:finish]
+        outcome = seen.get(item) or cache.items.get(item)
+        if outcome is None:
+            try:
+                parsed = yaml.load(item, Loader=_YamlLoader)
+            except yaml.YAMLError:
+                return False
+            if not isinstance(parsed, list) or len(parsed) != 1:
+                return False
+            outcome = _outcome(parsed[0], item_kind)
+        seen[item] = outcome
+        outcomes.append(outcome)
+    place = f"{path}: document 1"
+    for number, outcome in enumerate(outcomes, 1):
+        collector.add_outcome(f"{place}, item {number}", outcome)
+    return True
 
 
 def _parse_json(path: Path, text: str) -> list[Any]:
@@ -277,27 +357,17 @@ class _Collector:
             self.add_object(f"{place}, item {number}", item, item_kind)
 
     def add_object(self, place: str, raw: Any, default_kind: str) -> None:
-        if not isinstance(raw, dict):
-            self.warnings.append(f"{place}: expected a mapping, got {describe(raw)}")
-            return
-        kind = raw.get("kind")
-        if kind is None or kind == "":
-            kind = default_kind
-        if not isinstance(kind, str):
-            self.warnings.append(f"{place}: kind: expected a string, got {describe(kind)}")
-            return
-        if not kind:
-            self.warnings.append(f"{place}: kind: required")
-            return
-        if kind not in SUPPORTED_KINDS:
-            self.ignored[kind] += 1
-            return
-        try:
-            obj = convert(kind, raw)
-        except ConvertError as exc:
-            self.warnings.append(f"{place} ({_identify(kind, raw)}): {exc}")
-            return
-        self.store(obj)
+        self.add_outcome(place, _outcome(raw, default_kind))
+
+    def add_outcome(self, place: str, outcome: _Outcome) -> None:
+        """Record what one item came to (see ``_outcome``), found at ``place``."""
+        what, value = outcome
+        if what == "object":
+            self.store(value)
+        elif what == "ignored":
+            self.ignored[value] += 1
+        else:  # a warning; "(" starts the object's identity, else the field
+            self.warnings.append(f"{place}{' ' if value.startswith('(') else ': '}{value}")
 
     def absorb(self, other: _Collector) -> None:
         """Take in what ``other`` collected, as if it had been added here after the rest."""
@@ -328,6 +398,29 @@ class _Collector:
         )
         ignored = MappingProxyType(dict(sorted(self.ignored.items())))
         return LoadResult(cluster, tuple(self.warnings), ignored)
+
+
+_Outcome = tuple[str, Any]
+"""What one raw item comes to: ("object", the slim object), ("ignored", its kind) or
+("warning", why it was skipped, without where it was)."""
+
+
+def _outcome(raw: Any, default_kind: str) -> _Outcome:
+    if not isinstance(raw, dict):
+        return "warning", f"expected a mapping, got {describe(raw)}"
+    kind = raw.get("kind")
+    if kind is None or kind == "":
+        kind = default_kind
+    if not isinstance(kind, str):
+        return "warning", f"kind: expected a string, got {describe(kind)}"
+    if not kind:
+        return "warning", "kind: required"
+    if kind not in SUPPORTED_KINDS:
+        return "ignored", kind
+    try:
+        return "object", convert(kind, raw)
+    except ConvertError as exc:
+        return "warning", f"({_identify(kind, raw)}): {exc}"
 
 
 def _identify(kind: str, raw: Mapping[str, Any]) -> str:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence, Sized
 from pathlib import Path
 
 from clusterdns.objects import Cluster, EndpointSlice, KubeObject, Namespace, Pod, Service
@@ -90,8 +90,9 @@ class FileSource:
         result = load_files(self._paths)
         c = result.cluster
         objects: list[KubeObject] = [*c.namespaces, *c.services, *c.endpoint_slices, *c.pods]
-        self._log_load(result, objects, started)
-        for kind, objs in _by_kind(objects).items():
+        by_kind = _by_kind(objects)
+        self._log_load(result, by_kind, self._clock() - started)
+        for kind, objs in by_kind.items():
             self.store.replace(kind, objs.values())
         return self.cluster()
 
@@ -149,30 +150,38 @@ class FileSource:
         anything did. Raises ``SourceError``."""
         started = self._clock()
         objects, result = await self._loader.load(self._paths)
-        self._log_load(result, objects, started)
+        loaded = self._clock() - started
         total = sum(self.store.count(kind) for kind in Kind)
         if not objects and total:
+            self._log_load(result, {}, loaded)
             _log.warning("%s: no objects in it (empty, or still being written?); keeping the "
                          "previous %d objects", self._names(), total)
             return False
-        by_kind = _by_kind(objects)
-        diffs = await asyncio.to_thread(
-            lambda: {kind: self.store.diff(kind, by_kind.get(kind, {}).values())
-                     for kind in Kind})
+        # Sorting and comparing 100k objects is tens of milliseconds of Python: a worker
+        # thread's, so that the event loop gets the GIL back every switch interval.
+        by_kind, diffs = await asyncio.to_thread(self._diff, objects)
+        self._log_load(result, by_kind, loaded)
         changed = False
         for kind, (merged, keys) in diffs.items():
             changed = self.store.install(kind, merged, keys) or changed
         return changed
 
-    def _log_load(self, result: LoadResult, objects: Sequence[KubeObject],
-                  started: float) -> None:
+    def _diff(self, objects: Sequence[KubeObject]) -> tuple[
+            dict[Kind, dict[Key, KubeObject]],
+            dict[Kind, tuple[dict[Key, KubeObject], list[Key]]]]:
+        """``objects`` per kind, and ``store.diff`` of each kind (a worker thread's job:
+        it only reads the store, which only this source's task writes)."""
+        by_kind = _by_kind(objects)
+        return by_kind, {kind: self.store.diff(kind, by_kind.get(kind, {}).values())
+                         for kind in Kind}
+
+    def _log_load(self, result: LoadResult, counts: Mapping[Kind, Sized],
+                  seconds: float) -> None:
         for warning in result.warnings:
             _log.warning("skipped %s", warning)
-        counts = _by_kind(objects)
         _log.info(
             "loaded %d namespaces, %d services, %d endpoint slices, %d pods from %s in %.2f s",
-            *(len(counts.get(kind, ())) for kind in Kind), self._names(),
-            self._clock() - started,
+            *(len(counts.get(kind, ())) for kind in Kind), self._names(), seconds,
         )
         if result.ignored:
             _log.info(
