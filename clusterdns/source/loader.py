@@ -6,8 +6,9 @@ event loop for as long as the parse took (33% of queries lost while a 1.5 MB YAM
 was rewritten every 2 s). Here a child interpreter (``python -m clusterdns.source.loader``)
 reads and converts the files with ``dump.load_files`` and streams the slim objects back
 over a pipe, pickled in frames of at most about ``FRAME_BYTES``, each prefixed with its
-length. The parent reads and unpickles one frame at a time on the event loop (well under
-a millisecond each), so queries are answered between frames.
+length. The parent reads and unpickles one frame at a time on the event loop (a fraction
+of a millisecond each), yielding to the loop after each, so queries are answered
+between frames.
 
 The child is started ahead of time and waits for the paths on its stdin, so a reload
 does not wait for an interpreter to start (a quarter of a second). When every file it
@@ -37,8 +38,9 @@ from typing import IO, Any
 from clusterdns.objects import Cluster, EndpointSlice, KubeObject
 from clusterdns.source.dump import ItemCache, LoadResult, SourceError, load_files
 
-FRAME_BYTES = 64 * 1024
-"""About how many bytes of pickle per frame (one large object may make a frame larger)."""
+FRAME_BYTES = 16 * 1024
+"""About how many bytes of pickle per frame (one large object may make a frame larger):
+a frame is unpickled in a fraction of a millisecond."""
 _LENGTH = struct.Struct("!I")
 
 
@@ -180,6 +182,9 @@ class Loader:
             frames += 1
             if frame[0] == "objects":
                 objects.extend(frame[1])
+                # Frames already buffered would be read without a pause: let the loop
+                # answer what arrived meanwhile before the next.
+                await asyncio.sleep(0)
             elif frame[0] == "error":
                 raise SourceError(frame[1])
             else:
