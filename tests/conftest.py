@@ -11,6 +11,7 @@ import asyncio
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 import dns.message
 import dns.query
+import dns.rcode
 import dns.rdatatype
 import pytest
 
@@ -198,6 +200,31 @@ def free_port() -> int:
                     continue
                 return port
     raise AssertionError("no free port for UDP and TCP")
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str,
+               interval: float = 0.02) -> float:
+    """Poll until ``predicate()`` holds; the seconds it took. AssertionError on timeout."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(interval)
+    return time.monotonic() - start
+
+
+def a_answer(server: RunningServer, name: str) -> tuple[int, list[str]]:
+    """rcode and A addresses of one UDP query."""
+    reply = server.ask(name, "A")
+    return reply.rcode(), sorted(rd.to_text() for rrset in reply.answer for rd in rrset)
+
+
+def resolves_to(server: RunningServer, name: str, ip: str) -> Callable[[], bool]:
+    return lambda: a_answer(server, name) == (dns.rcode.NOERROR, [ip])
+
+
+def is_nxdomain(server: RunningServer, name: str) -> Callable[[], bool]:
+    return lambda: a_answer(server, name)[0] == dns.rcode.NXDOMAIN
 
 
 FAKE_BOOKMARK_INTERVAL = 0.25  # well under the tests' 1 s stall detector: quiet watches stay

@@ -20,6 +20,7 @@ import kubernetes.aio.client
 import pytest
 import urllib3
 from kubernetes import client as _client
+from test_fakekube import service
 
 from conftest import DEMO_CLUSTER
 from fakekube import TOO_LARGE_MESSAGE, FakeKube, too_large_status
@@ -28,13 +29,6 @@ from fakekube import TOO_LARGE_MESSAGE, FakeKube, too_large_status
 client: Any = _client
 aclient: Any = kubernetes.aio.client
 ApiException: Any = _client.exceptions.ApiException
-
-
-def service(name: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": name, "namespace": "default"},
-            "spec": {"type": "ClusterIP", "clusterIP": "10.96.7.7", "clusterIPs": ["10.96.7.7"],
-                     "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}}
 
 
 @pytest.fixture

@@ -37,7 +37,15 @@ import pytest
 
 from clusterdns.config import SourceSpec
 from clusterdns.source.kube import KubeSource, Reflector, Tuning
-from conftest import RunningServer, demo_config, rrset_texts
+from conftest import (
+    RunningServer,
+    a_answer,
+    demo_config,
+    is_nxdomain,
+    resolves_to,
+    rrset_texts,
+    wait_until,
+)
 from fakekube import FakeKube, RequestRecord
 
 SILENCE = 1.0  # the stall detector (watch_silence), in FAST's own override
@@ -63,31 +71,6 @@ def service(name: str, ip: str) -> dict[str, Any]:
 
 def svc_name(name: str) -> str:
     return f"{name}.default.svc.cluster.local."
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str,
-               interval: float = 0.02) -> float:
-    """Poll until ``predicate()`` holds; the seconds it took. AssertionError on timeout."""
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(interval)
-    return time.monotonic() - start
-
-
-def a_answer(server: RunningServer, name: str) -> tuple[int, list[str]]:
-    """rcode and A addresses of one UDP query."""
-    reply = server.ask(name, "A")
-    return reply.rcode(), sorted(rd.to_text() for rrset in reply.answer for rd in rrset)
-
-
-def resolves_to(server: RunningServer, name: str, ip: str) -> Callable[[], bool]:
-    return lambda: a_answer(server, name) == (dns.rcode.NOERROR, [ip])
-
-
-def is_nxdomain(server: RunningServer, name: str) -> Callable[[], bool]:
-    return lambda: a_answer(server, name)[0] == dns.rcode.NXDOMAIN
 
 
 def whole_answer(reply: dns.message.Message) -> tuple[Any, ...]:

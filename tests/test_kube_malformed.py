@@ -14,7 +14,6 @@ relist is forced the way an API server forces it, with a 410 on the re-watch.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import pytest
 
 from clusterdns.config import SourceSpec
 from clusterdns.source.kube import KubeSource, Tuning
-from conftest import RunningServer
+from conftest import RunningServer, a_answer, wait_until
 from fakekube import FakeKube
 
 TUNING = Tuning(watch_timeout=3.0, inactivity_timeout=1.0, request_timeout=5.0,
@@ -42,19 +41,6 @@ def web(*ips: str) -> dict[str, Any]:
             "spec": {"type": "ClusterIP", "clusterIP": ips[0], "clusterIPs": list(ips),
                      "selector": {"app": "web"},
                      "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}}
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.02)
-
-
-def a_answer(server: RunningServer, name: str) -> tuple[int, list[str]]:
-    reply = server.ask(name, "A")
-    return reply.rcode(), sorted(rd.to_text() for rrset in reply.answer for rd in rrset)
 
 
 def held_back(server: RunningServer, kind: str = "services") -> float | None:

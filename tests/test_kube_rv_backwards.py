@@ -21,12 +21,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import dns.rcode
 import pytest
 
 from clusterdns.config import SourceSpec
 from clusterdns.source.kube import KubeSource, Tuning, older
-from conftest import RunningServer
+from conftest import RunningServer, is_nxdomain, resolves_to, wait_until
 from fakekube import TOO_NEW_MODES, FakeKube
 
 # Fast reconnects; a 2 s silence limit makes every watch end after 1 s, so the "silent"
@@ -50,28 +49,6 @@ def service(name: str, ip: str) -> dict[str, Any]:
 
 def svc(name: str) -> str:
     return f"{name}.default.svc.cluster.local."
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> float:
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.02)
-    return time.monotonic() - start
-
-
-def a_answer(server: RunningServer, name: str) -> tuple[int, list[str]]:
-    reply = server.ask(name, "A")
-    return reply.rcode(), sorted(rd.to_text() for rrset in reply.answer for rd in rrset)
-
-
-def resolves_to(server: RunningServer, name: str, ip: str) -> Callable[[], bool]:
-    return lambda: a_answer(server, name) == (dns.rcode.NOERROR, [ip])
-
-
-def is_nxdomain(server: RunningServer, name: str) -> Callable[[], bool]:
-    return lambda: a_answer(server, name)[0] == dns.rcode.NXDOMAIN
 
 
 def restarts(server: RunningServer, reason: str) -> dict[str, int]:

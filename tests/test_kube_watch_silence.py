@@ -18,7 +18,6 @@ import asyncio
 import logging
 import os
 import socket
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import pytest
 
 from clusterdns.config import Config, ConfigError, SourceSpec, from_mapping
 from clusterdns.source.kube import KubeSource, Tuning
-from conftest import RunningServer
+from conftest import RunningServer, wait_until
 from fakekube import FakeKube
 
 # Fast reconnects; the silence limit comes from the config (no tuning override).
@@ -37,15 +36,6 @@ WEB = "web.default.svc.cluster.local."
 WEB_IP = "10.96.33.33"
 
 StartServer = Callable[..., RunningServer]
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> float:
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.01)
-    return time.monotonic() - start
 
 
 def start(make_server: StartServer, fake: FakeKube, tmp_path: Path,
