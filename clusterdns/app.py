@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clusterdns.config import Config
-from clusterdns.forward import Forwarder
+from clusterdns.forward import CacheEntry, Forwarder
 from clusterdns.handler import Handler
 from clusterdns.http import HttpEndpoints
 from clusterdns.metrics import (
@@ -52,6 +52,7 @@ from clusterdns.source import KubeSourceError
 from clusterdns.source.dump import SourceError
 from clusterdns.source.file import FileSource
 from clusterdns.store import Key, Kind
+from clusterdns.wire import Query
 
 if TYPE_CHECKING:
     from clusterdns.source.kube import KubeSource
@@ -125,7 +126,7 @@ class App:
                 hits.on_fold = self.query_metrics.absorb_hits
         self.forward_durations = ForwardDurations()
         if self.forwarder is not None:
-            self.forwarder.observe = self.forward_durations.observe
+            self._connect(self.forwarder)
         self.query_log = QueryLog() if config.log_queries else None
         self.server = DNSServer(self.handler.handle, ServerOptions(
             tcp_idle_timeout=config.tcp_idle_timeout,
@@ -361,13 +362,28 @@ class App:
         previous = self.forwarder
         forwarder = Forwarder(config) if config.upstreams else None
         if forwarder is not None:
-            forwarder.observe = self.forward_durations.observe
+            self._connect(forwarder)
             await forwarder.start(self.server.bound)
         self.forwarder = self.handler.forwarder = forwarder
         if self.query_metrics is not None:
             self.query_metrics.use_forwarder(forwarder.stats if forwarder else None)
         if previous is not None:
             await previous.close()
+
+    def _connect(self, forwarder: Forwarder) -> None:
+        """Hook ``forwarder`` up to the metrics and to the fast path, which keeps the
+        replies it gives from its cache (and ages their TTLs by its clock)."""
+        forwarder.observe = self.forward_durations.observe
+        fast = self.handler.fast
+        if fast is None:
+            return
+        fast.clock = lambda: forwarder.clock()
+
+        def remember(query: Query, tcp: bool, reply: bytes, ttls: list[tuple[int, int]],
+                     ages: int, expires: float, entry: CacheEntry) -> None:
+            fast.remember(query.raw, tcp, reply, ttls, entry.stored, ages, expires,
+                          query.qtype, entry.kind == "denial", entry)
+        forwarder.remember = remember
 
     async def _stop_source(self) -> None:
         for task in [t for t in self._tasks if t.get_name() in ("file-source", "kube-source")]:

@@ -89,14 +89,30 @@ class Config:
     # resolv.conf file whose nameservers are used (our own listen addresses are skipped).
     # Empty: no forwarding, out-of-zone names are REFUSED.
     upstreams: tuple[str, ...] = ()
-    forward_timeout: float = 2.0  # seconds per upstream try
+    forward_timeout: float = 1.0  # seconds per upstream try
+    forward_deadline: float = 2.0  # seconds per client query, all tries together
     forward_max_concurrent: int = 1000  # upstream queries in flight; beyond: REFUSED
+    forward_policy: str = "random"  # random | round_robin | sequential (CoreDNS ``policy``)
+    forward_max_fails: int = 2  # failures in a row that mark an upstream down; 0: never
+    forward_health_check: float = 0.5  # seconds between probes of an upstream marked down
+    forward_expire: float = 10.0  # seconds an idle upstream socket is kept for reuse
+    forward_force_tcp: bool = False  # always TCP to upstreams
+    forward_prefer_udp: bool = False  # UDP first even for queries that came over TCP
     loop_detect: bool = True  # probe the upstreams for a forwarding loop at start
     # Zones whose unknown names go upstream instead of NXDOMAIN (CoreDNS ``fallthrough``).
     fallthrough: frozenset[str] = frozenset()
-    cache_size: int = 10_000  # forwarded answers kept; 0 turns the cache off
+    cache_size: int = 10_000  # positive forwarded answers kept; 0 turns the cache off
+    cache_negative_size: int = 10_000  # negative ones (NXDOMAIN, NODATA); 0: none
     cache_ttl: int = 3600  # cap on a cached positive answer's TTL (CoreDNS ``cache N``)
     cache_negative_ttl: int = 1800  # cap on a cached negative answer's TTL (RFC 2308)
+    cache_min_ttl: int = 0  # floor on a cached positive answer's TTL (CoreDNS MINTTL)
+    cache_negative_min_ttl: int = 0  # floor on a cached negative answer's TTL
+    # CoreDNS ``prefetch AMOUNT DURATION PERCENTAGE%``: an answer asked for at least
+    # ``cache_prefetch`` times within ``cache_prefetch_window`` seconds is fetched again
+    # in the background once less than ``cache_prefetch_percentage`` % of its TTL is left.
+    cache_prefetch: int = 0  # 0: no prefetching
+    cache_prefetch_window: float = 60.0
+    cache_prefetch_percentage: int = 10
     serve_stale: float = 3600.0  # seconds an expired answer may be served if upstreams fail
     # Operations (SPEC S6); None turns an endpoint off.
     health: ListenAddr | None = ListenAddr("0.0.0.0", 8080)
@@ -240,6 +256,15 @@ def _str(value: Any, where: str, key: str) -> str:
     return value
 
 
+FORWARD_POLICIES = ("random", "round_robin", "sequential")
+
+
+def _choice(value: Any, where: str, key: str, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigError(where, key, f"{value!r} is not one of {', '.join(choices)}")
+    return value
+
+
 def _list(value: Any, where: str, key: str) -> list[Any]:
     if isinstance(value, str):
         return [value]
@@ -271,14 +296,29 @@ def _options(where: str, base: Path | None) -> dict[str, Callable[[Any], Any]]:
         "watch_silence": lambda v: _number(v, where, "watch_silence", 1, 3600),
         "upstreams": lambda v: tuple(parse_upstream(x, where) for x in (v or [])),
         "forward_timeout": lambda v: _number(v, where, "forward_timeout", 0.05, 60),
+        "forward_deadline": lambda v: _number(v, where, "forward_deadline", 0.05, 60),
         "forward_max_concurrent": lambda v: _int(v, where, "forward_max_concurrent", 1,
                                                  1_000_000),
+        "forward_policy": lambda v: _choice(v, where, "forward_policy", FORWARD_POLICIES),
+        "forward_max_fails": lambda v: _int(v, where, "forward_max_fails", 0, 1000),
+        "forward_health_check": lambda v: _number(v, where, "forward_health_check", 0.05,
+                                                  3600),
+        "forward_expire": lambda v: _number(v, where, "forward_expire", 0, 3600),
+        "forward_force_tcp": lambda v: _bool(v, where, "forward_force_tcp"),
+        "forward_prefer_udp": lambda v: _bool(v, where, "forward_prefer_udp"),
         "loop_detect": lambda v: _bool(v, where, "loop_detect"),
         "fallthrough": lambda v: frozenset(
             parse_zone(str(z), where, "fallthrough") for z in (v or [])),
         "cache_size": lambda v: _int(v, where, "cache_size", 0, 10_000_000),
+        "cache_negative_size": lambda v: _int(v, where, "cache_negative_size", 0, 10_000_000),
         "cache_ttl": lambda v: _int(v, where, "cache_ttl", 0, 86400),
         "cache_negative_ttl": lambda v: _int(v, where, "cache_negative_ttl", 0, 86400),
+        "cache_min_ttl": lambda v: _int(v, where, "cache_min_ttl", 0, 86400),
+        "cache_negative_min_ttl": lambda v: _int(v, where, "cache_negative_min_ttl", 0, 86400),
+        "cache_prefetch": lambda v: _int(v, where, "cache_prefetch", 0, 1_000_000),
+        "cache_prefetch_window": lambda v: _number(v, where, "cache_prefetch_window", 1, 86400),
+        "cache_prefetch_percentage": lambda v: _int(v, where, "cache_prefetch_percentage", 1,
+                                                    100),
         "serve_stale": lambda v: _number(v, where, "serve_stale", 0, 7 * 86400),
         "health": lambda v: parse_endpoint(v, where, "health"),
         "ready": lambda v: parse_endpoint(v, where, "ready"),

@@ -45,9 +45,10 @@ Pure: no sockets, no asyncio, no dnslib.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 from clusterdns.snapshot import Snapshot, SnapshotRef
 
@@ -68,6 +69,7 @@ MAX_CELLS = 4096
 
 _OPT = 41
 _COUNTS = struct.Struct("!HHHH")
+_TTL = struct.Struct("!I")
 
 
 def slot(tcp: bool, ipv6: bool) -> int:
@@ -108,12 +110,22 @@ def plain_query(data: bytes) -> bool:
             and data[end + 6] == 0 and data[end + 9] == 0 and data[end + 10] == 0)
 
 
+NOT_OURS: Final = 0
+"""Who answered, as CoreDNS's ``plugin`` label says: nobody (REFUSED without upstreams),"""
+KUBERNETES: Final = 1
+"""our zones,"""
+CACHE_SUCCESS: Final = 2
+"""the forward cache (a positive answer),"""
+CACHE_DENIAL: Final = 3
+"""or the forward cache (a negative answer)."""
+
+
 @dataclass(frozen=True, slots=True)
 class CellKey:
     """What the metrics exporter needs to count a hit like an observed query."""
 
     qtype: int
-    in_zone: bool
+    plugin: int  # NOT_OURS, KUBERNETES, CACHE_SUCCESS or CACHE_DENIAL
     rcode: int
     truncated: bool
     query_size: int
@@ -134,13 +146,14 @@ class HitCounts:
         self.on_fold: Callable[[Iterable[tuple[CellKey, list[int]]]], None] | None = None
         self.folded = 0  # hits handed to on_fold so far
         self.folded_truncated = 0  # of which UDP replies with TC
+        self.folded_cache = {"success": 0, "denial": 0}  # of which forward-cache hits
 
-    def key(self, qtype: int, in_zone: bool, rcode: int, truncated: bool, query_size: int,
+    def key(self, qtype: int, plugin: int, rcode: int, truncated: bool, query_size: int,
             reply_size: int) -> CellKey:
         types = self.types
         if types is not None and qtype not in types:
             qtype = 0
-        return CellKey(qtype, in_zone, rcode, truncated, query_size, reply_size)
+        return CellKey(qtype, plugin, rcode, truncated, query_size, reply_size)
 
     def cell(self, key: CellKey) -> list[int] | None:
         """The cell for ``key``; None when it is new and there is no room for it."""
@@ -158,6 +171,8 @@ class HitCounts:
         self.folded += sum(sum(c) for c in cells.values())
         self.folded_truncated += sum(c[UDP4] + c[UDP6] for k, c in cells.items()
                                      if k.truncated)
+        for kind, hits in _cache_hits(cells.items()).items():
+            self.folded_cache[kind] += hits
         if self.on_fold is not None:
             self.on_fold(cells.items())
 
@@ -168,6 +183,22 @@ class HitCounts:
         """UDP hits that carried TC (for ``clusterdns_truncated_replies``)."""
         return self.folded_truncated + sum(
             c[UDP4] + c[UDP6] for k, c in list(self.cells.items()) if k.truncated)
+
+    def cache_hits(self) -> dict[str, int]:
+        """Forward-cache answers given by the fast path, per kind (for
+        ``coredns_cache_hits_total``)."""
+        live = _cache_hits(list(self.cells.items()))
+        return {kind: self.folded_cache[kind] + live[kind] for kind in live}
+
+
+def _cache_hits(cells: Iterable[tuple[CellKey, list[int]]]) -> dict[str, int]:
+    out = {"success": 0, "denial": 0}
+    for key, counts in cells:
+        if key.plugin == CACHE_SUCCESS:
+            out["success"] += sum(counts)
+        elif key.plugin == CACHE_DENIAL:
+            out["denial"] += sum(counts)
+    return out
 
 
 class _Entry:
@@ -185,8 +216,35 @@ class _Entry:
         self.size = size  # what it counts against max_bytes
 
 
+class Popularity(Protocol):
+    """What a forwarded entry tells the forwarder's cache entry: one more hit."""
+
+    hits: int
+
+
+class _Forwarded:
+    """A forwarded answer from the forwarder's cache, kept as reply bytes whose TTLs are
+    patched as they count down (the body is made again at most once a second)."""
+
+    __slots__ = ("ages", "body", "cell", "expires", "origin", "size", "stored", "template",
+                 "ttls")
+
+    def __init__(self, template: bytes, ttls: tuple[tuple[int, int], ...], stored: float,
+                 expires: float, cell: list[int], origin: Popularity, size: int) -> None:
+        self.template = template  # the reply without its ID, TTLs as at ``stored``
+        self.ttls = ttls  # (offset into the template, TTL when cached)
+        self.stored = stored  # clock() when the forwarder cached the answer
+        self.expires = expires  # clock() from which it may no longer be given
+        self.body = template
+        self.ages = -1  # whole seconds since ``stored`` that ``body`` was patched for
+        self.cell = cell
+        self.origin = origin
+        self.size = size
+
+
 class ReplyCache:
-    """Per-snapshot tables of encoded replies, keyed by the query without its ID."""
+    """Per-snapshot tables of encoded replies, keyed by the query without its ID, and
+    tables of forwarded answers, which no snapshot changes (see ``remember``)."""
 
     def __init__(self, ref: SnapshotRef, max_entries: int = DEFAULT_MAX_ENTRIES,
                  max_bytes: int = DEFAULT_MAX_BYTES) -> None:
@@ -204,6 +262,9 @@ class ReplyCache:
         self._tcp: dict[bytes, _Entry] = {}
         self._by_slot = (self._udp, self._udp, self._tcp, self._tcp)
         self.generations = 0  # how many times the tables were started afresh
+        self._forwarded: tuple[dict[bytes, _Forwarded], dict[bytes, _Forwarded]] = ({}, {})
+        self.forwarded_bytes = 0  # what the forwarded entries count against max_bytes
+        self.clock: Callable[[], float] = time.monotonic  # the forwarder's
 
     def __len__(self) -> int:
         return len(self._udp) + len(self._tcp)
@@ -211,6 +272,9 @@ class ReplyCache:
     def clear(self) -> None:
         """Forget every reply (a setting the replies depend on changed)."""
         self._serial = -1
+        for table in self._forwarded:
+            table.clear()
+        self.forwarded_bytes = 0
 
     def _renew(self, serial: int) -> None:
         self._serial = serial
@@ -231,7 +295,7 @@ class ReplyCache:
             return None
         entry = self._by_slot[slot].get(data[2:])
         if entry is None:
-            return None
+            return self._forwarded_reply(data, slot) if self.forwarded_bytes else None
         body = entry.body
         if body is None:  # a rotating RRset: the next rotation, if the full path made it
             bodies = entry.bodies
@@ -246,6 +310,68 @@ class ReplyCache:
             return data[:2] + body
         entry.cell[slot] += 1
         return data[:2] + body
+
+    def _forwarded_reply(self, data: bytes, slot: int) -> bytes | None:
+        """The hit path for forwarded answers: TTLs aged to the second."""
+        table = self._forwarded[slot >> 1]
+        key = data[2:]
+        entry = table.get(key)
+        if entry is None:
+            return None
+        now = self.clock()
+        if now >= entry.expires:
+            del table[key]
+            self.forwarded_bytes -= entry.size
+            return None
+        ages = int(now - entry.stored)
+        if ages != entry.ages:
+            body = bytearray(entry.template)
+            for offset, ttl in entry.ttls:
+                _TTL.pack_into(body, offset, max(0, ttl - ages))
+            entry.body, entry.ages = bytes(body), ages
+        entry.cell[slot] += 1
+        entry.origin.hits += 1
+        return data[:2] + entry.body
+
+    def remember(self, data: bytes, tcp: bool, reply: bytes, ttls: Sequence[tuple[int, int]],
+                 stored: float, ages: int, expires: float, qtype: int, denial: bool,
+                 origin: Popularity) -> bool:
+        """Keep the forwarder's ``reply`` to ``data``, made from its cache entry stored at
+        ``stored`` (the forwarder's clock) when it was ``ages`` whole seconds old, with
+        the (offset, TTL) of each TTL in ``reply`` as written then, until ``expires``.
+        Bounded like the other tables; returns whether it was kept."""
+        if len(reply) < 12 or not plain_query(data):
+            return False
+        hits = self.hits
+        key = hits.key(qtype, CACHE_DENIAL if denial else CACHE_SUCCESS, reply[3] & 0x0F,
+                       bool(reply[2] & 0x02), len(data), len(reply))
+        cell = hits.cell(key)
+        if cell is None:
+            hits.fold()
+            self._renew(self._serial)
+            for table in self._forwarded:
+                table.clear()
+            self.forwarded_bytes = 0
+            cell = hits.cell(key)
+            assert cell is not None
+        template = reply[2:]
+        size = len(data) + len(template) + ENTRY_OVERHEAD
+        table = self._forwarded[1 if tcp else 0]
+        name = data[2:]
+        old = table.pop(name, None)
+        if old is not None:
+            self.forwarded_bytes -= old.size
+        if size > self.max_bytes:
+            return False
+        while table and (len(table) >= self.max_entries
+                         or self.forwarded_bytes + size > self.max_bytes):
+            self.forwarded_bytes -= table.pop(next(iter(table))).size
+        entry = _Forwarded(template, tuple((offset - 2, ttl + ages) for offset, ttl in ttls),
+                           stored, expires, cell, origin, size)
+        entry.body, entry.ages = template, ages
+        table[name] = entry
+        self.forwarded_bytes += size
+        return True
 
     def wanted_rotation(self, data: bytes, tcp: bool) -> int | None:
         """For a query whose entry misses the rotation its cursor points at: that one."""
@@ -269,8 +395,8 @@ class ReplyCache:
         if len(reply) < 12 or not plain_query(data):
             return False
         hits = self.hits
-        key = hits.key(qtype, in_zone, reply[3] & 0x0F, bool(reply[2] & 0x02), len(data),
-                       len(reply))
+        key = hits.key(qtype, KUBERNETES if in_zone else NOT_OURS, reply[3] & 0x0F,
+                       bool(reply[2] & 0x02), len(data), len(reply))
         cell = hits.cell(key)
         if cell is None:  # no room for a new counter cell: fold them, start afresh
             hits.fold()

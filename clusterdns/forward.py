@@ -1,200 +1,99 @@
 """Forwarding out-of-zone names to upstream resolvers, with a TTL-respecting cache.
 
-This module is the only part of the query path that does network I/O of its own, so it
-is kept apart from the pure handler: the handler hands it a parsed query that needs an
-upstream and gets back either reply bytes at once (cache hit, loop, over the cap) or an
-awaitable of them. It owns the upstream list (from config or a resolv.conf, never our
-own listen addresses), the start-up loop probe (like CoreDNS ``loop``), UDP with a TCP
-retry on TC or a malformed reply, per-try timeouts, failover that remembers a dead
-upstream for a while, a cap on upstream queries in flight, the answer cache (positive
-TTLs capped by ``cache_ttl``, RFC 2308 negative TTLs capped by ``cache_negative_ttl``,
-RFC 8767 serve-stale) and the counters the metrics exporter reads. Every byte is
-``wire``'s business.
+This module is the only part of the query path that does network I/O of its own (through
+``upstreams``), so it is kept apart from the pure handler: the handler hands it a parsed
+query that needs an upstream and gets back either reply bytes at once (cache hit, loop,
+over the cap) or an awaitable of them. It owns the start-up loop probe (like CoreDNS
+``loop``), the deadline of a client query (``forward_deadline``, all tries together),
+the cap on upstream queries in flight, and the answer caches as CoreDNS ``cache`` keeps
+them: positive answers (TTLs capped by ``cache_ttl``, raised to ``cache_min_ttl``) and
+negative ones (RFC 2308, capped by ``cache_negative_ttl``, raised to
+``cache_negative_min_ttl``) apart, each with its capacity; RFC 8767 serve-stale; and
+prefetching of popular answers shortly before they expire (``cache_prefetch``).
+
+A cached answer that a plain query can reuse is also handed to ``remember`` (the fast
+path, ``fastpath.ForwardedReplies``) with the offsets of its TTLs, so that repeats are
+answered without reaching this module at all, their TTLs patched as they count down.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import random
-import socket
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 from cachetools import TLRUCache
 
 from clusterdns import wire
-from clusterdns.config import Config, ConfigError, parse_listen
+from clusterdns.config import Config
 from clusterdns.records import Record, RRType
 from clusterdns.resolve import Outcome
+from clusterdns.upstreams import (
+    Failed,
+    ForwardStats,
+    Upstream,
+    Upstreams,
+    is_ourselves,
+    read_resolv_conf,
+    upstream_list,
+)
 
 log = logging.getLogger(__name__)
 
-DEAD_FOR = 5.0  # seconds a failed upstream goes to the back of the line
 EDE_OTHER = 0
 CacheKey = tuple[str, int, int, bool]  # lower-cased qname, qtype, qclass, DO bit
 
-
-@dataclass(frozen=True, slots=True)
-class Upstream:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+CACHE_UNIT = 512
+"""A cached reply takes one of its cache's places per started 512 bytes of its wire size,
+so a cache holds its capacity of ordinary replies but never more than about capacity x
+512 bytes of replies, however large the ones clients ask for."""
 
 
 @dataclass(slots=True)
-class ForwardStats:
-    """Plain counters, read by the metrics exporter (CoreDNS ``forward``/``cache`` names)."""
+class CacheEntry:
+    """A cached upstream reply, and how popular it is (for prefetching)."""
 
-    cache_hits: dict[str, int] = field(default_factory=lambda: {"success": 0, "denial": 0})
-    cache_misses: int = 0
-    stale_served: int = 0
-    refused_over_cap: int = 0
-    requests: dict[str, int] = field(default_factory=dict)  # upstream -> tries
-    responses: dict[tuple[str, str], int] = field(default_factory=dict)  # (upstream, rcode)
-    failures: dict[str, int] = field(default_factory=dict)  # upstream -> timeouts/errors
-    durations: deque[tuple[str, str, float]] = field(
-        default_factory=lambda: deque(maxlen=1024))  # recent (upstream, rcode, seconds)
-
-
-@dataclass(frozen=True, slots=True)
-class _Entry:
     reply: wire.UpstreamReply
     stored: float  # clock() when cached
     ttl: int  # seconds it is fresh
     kind: str  # "success" or "denial"
+    hits: int = 0  # queries answered from it since ``window``
+    window: float = 0.0  # clock() when the current popularity window began
+    refreshing: bool = False  # a prefetch is under way
 
 
-CACHE_UNIT = 512
-"""A cached reply takes one of the cache's ``cache_size`` places per started 512 bytes of
-its wire size, so the cache holds ``cache_size`` ordinary replies but never more than
-about ``cache_size`` x 512 bytes of replies, however large the ones clients ask for."""
-
-
-def cache_weight(entry: _Entry) -> int:
+def cache_weight(entry: CacheEntry) -> int:
     return max(1, -(-entry.reply.size // CACHE_UNIT))
 
 
-# ------------------------------------------------------------------ the upstream list
+Remember = Callable[[wire.Query, bool, bytes, list[tuple[int, int]], int, float, CacheEntry],
+                    None]
+"""(query, over TCP, reply, its TTLs' offsets and values, the entry's age in whole seconds
+when written, clock() from which the reply may no longer be given, the cache entry)."""
 
 
-def read_resolv_conf(text: str) -> list[str]:
-    """The addresses of the ``nameserver`` lines of a resolv.conf, in order."""
-    out = []
-    for line in text.splitlines():
-        fields = line.split("#", 1)[0].split(";", 1)[0].split()
-        if len(fields) >= 2 and fields[0] == "nameserver":
-            try:
-                ipaddress.ip_address(fields[1].split("%", 1)[0])
-            except ValueError:
-                log.warning("ignoring resolv.conf line %r: not an IP address", line.strip())
-                continue
-            out.append(fields[1])
-    return out
+@dataclass
+class _Tasks:
+    """Background tasks (prefetches), kept so that they can be cancelled."""
 
+    running: set[asyncio.Task[None]] = field(default_factory=set)
 
-def is_local_address(host: str) -> bool:
-    """Whether ``host`` is an address of this machine (we can bind to it)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as sock:
-        try:
-            sock.bind((host, 0))
-        except OSError:
-            return False
-    return True
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self.running.add(task)
+        task.add_done_callback(self.running.discard)
 
-
-def is_ourselves(up: Upstream, bound: Sequence[tuple[str, int]],
-                 is_local: Callable[[str], bool] = is_local_address) -> bool:
-    """Whether queries to ``up`` would reach one of our own listening sockets."""
-    try:
-        target = ipaddress.ip_address(up.host.split("%", 1)[0])
-    except ValueError:
-        return False
-    for host, port in bound:
-        if port != up.port:
-            continue
-        ours = ipaddress.ip_address(host.split("%", 1)[0])
-        if ours == target:
-            return True
-        if ours.is_unspecified and ours.version == target.version and (
-                target.is_loopback or target.is_unspecified or is_local(up.host)):
-            return True
-    return False
-
-
-def upstream_list(entries: Sequence[str], bound: Sequence[tuple[str, int]], *,
-                  read: Callable[[Path], str] = lambda p: p.read_text(encoding="utf-8"),
-                  is_local: Callable[[str], bool] = is_local_address) -> list[Upstream]:
-    """Upstreams from config entries (HOST:PORT or a resolv.conf path), minus ourselves."""
-    found: list[Upstream] = []
-    for entry in entries:
-        if entry.startswith(("/", ".")):
-            try:
-                addresses = read_resolv_conf(read(Path(entry)))
-            except OSError as exc:
-                log.error("cannot read upstreams from %s: %s", entry, exc.strerror or exc)
-                continue
-            if not addresses:
-                log.warning("%s has no nameserver lines", entry)
-            found.extend(Upstream(a, 53) for a in addresses)
-            continue
-        try:
-            addr = parse_listen(entry, key="upstreams")
-        except ConfigError as exc:
-            log.error("ignoring upstream %s", exc)
-            continue
-        found.append(Upstream(addr.host, addr.port))
-    out: list[Upstream] = []
-    for up in dict.fromkeys(found):
-        if is_ourselves(up, bound, is_local):
-            log.warning("not forwarding to %s: that is our own listen address", up)
-            continue
-        out.append(up)
-    return out
-
-
-# -------------------------------------------------------------------------- exchanges
-
-
-class _Failed(Exception):
-    """One upstream try failed (timeout, network error, unusable reply)."""
-
-
-class _UDPExchange(asyncio.DatagramProtocol):
-    """Waits for the first datagram that answers our query; others are ignored."""
-
-    def __init__(self, accept: Callable[[bytes], wire.UpstreamReply | None],
-                 done: asyncio.Future[wire.UpstreamReply | None]) -> None:
-        self.accept = accept
-        self.done = done
-
-    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        if self.done.done():
-            return
-        try:
-            reply = self.accept(data)
-        except wire.Malformed as exc:
-            log.debug("malformed UDP reply (%s); retrying over TCP", exc)
-            self.done.set_result(None)
-            return
-        if reply is not None:
-            self.done.set_result(reply)
-
-    def error_received(self, exc: Exception) -> None:
-        if not self.done.done():
-            self.done.set_exception(exc)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.done.done():
-            self.done.set_exception(exc or ConnectionError("socket closed"))
+    async def cancel(self) -> None:
+        for task in list(self.running):
+            task.cancel()
+        for task in list(self.running):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 class Forwarder:
@@ -202,34 +101,41 @@ class Forwarder:
 
     def __init__(self, config: Config, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
-        self.clock = clock  # the cache's and the dead-upstream memory's time source
+        self.clock = clock  # the caches' and the upstreams' time source
         self.max_udp_size = config.max_udp_size
         self.upstreams: list[Upstream] = []
+        self.pool: Upstreams | None = None
         self.stats = ForwardStats()
         self.observe: Callable[[str, str, float], None] | None = None
         """Called with (upstream, rcode name, seconds) for every upstream reply."""
+        self.remember: Remember | None = None
         self.loop_detected = False
         self.probed = asyncio.Event()  # set when the start-up loop probe is over
         self.inflight = 0
-        self._dead_until: dict[Upstream, float] = {}
         self._probe_names: dict[str, Upstream] = {}
         self._probe_task: asyncio.Task[None] | None = None
+        self._tasks = _Tasks()
         self._rng = random.SystemRandom()
-        self.cache: TLRUCache[CacheKey, _Entry] | None = None
-        if config.cache_size > 0:
-            stale = config.serve_stale
-            self.cache = TLRUCache(maxsize=config.cache_size,
-                                   ttu=lambda _key, entry, now: now + entry.ttl + stale,
-                                   timer=lambda: self.clock(), getsizeof=cache_weight)
+        stale = config.serve_stale
+        self.cache: TLRUCache[CacheKey, CacheEntry] | None = None
+        self.denials: TLRUCache[CacheKey, CacheEntry] | None = None
+        for attr, size in (("cache", config.cache_size), ("denials", config.cache_negative_size)):
+            if size > 0:
+                setattr(self, attr, TLRUCache(
+                    maxsize=size, ttu=lambda _key, entry, now: now + entry.ttl + stale,
+                    timer=lambda: self.clock(), getsizeof=cache_weight))
 
     # -------------------------------------------------------------------- lifecycle
 
     async def start(self, bound: Sequence[tuple[str, int]]) -> None:
         """Work out the upstreams now that our own addresses are known; probe for a loop."""
         self.upstreams = upstream_list(self.config.upstreams, bound)
+        self.pool = Upstreams(self.config, self.upstreams, self.stats,
+                              clock=lambda: self.clock())
+        self.pool.observe = lambda *args: self.observe(*args) if self.observe else None
         if self.upstreams:
-            log.info("forwarding out-of-zone names to %s",
-                     ", ".join(str(u) for u in self.upstreams))
+            log.info("forwarding out-of-zone names to %s (policy %s)",
+                     ", ".join(str(u) for u in self.upstreams), self.config.forward_policy)
         else:
             log.error("no usable upstream in %s; out-of-zone names will get SERVFAIL",
                       ", ".join(self.config.upstreams))
@@ -243,17 +149,22 @@ class Forwarder:
             self._probe_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe_task
+        await self._tasks.cancel()
+        if self.pool is not None:
+            await self.pool.close()
 
     async def _probe(self) -> None:
         """Send ``<random>.<random>.`` HINFO through each upstream; see if it comes back."""
+        assert self.pool is not None
         try:
             for up in list(self.upstreams):
                 name = f"{self._rng.randrange(10**9)}.{self._rng.randrange(10**9)}"
                 self._probe_names[name] = up
                 try:
-                    await self._exchange(up, wire.labels_of(name), RRType.HINFO, 1,
-                                         do=False, cd=False)
-                except _Failed as exc:
+                    await self.pool.ask(up, wire.labels_of(name), RRType.HINFO, 1, do=False,
+                                        cd=False, tcp=False,
+                                        timeout=self.config.forward_timeout)
+                except Failed as exc:
                     log.debug("loop probe through %s: %s", up, exc)
                 if self.loop_detected:
                     break
@@ -277,6 +188,7 @@ class Forwarder:
 
         ``target``: ask the upstream about this name instead of the query's (the
         out-of-zone target of an ExternalName), putting ``chain`` in front of its answer.
+        A ``limit`` of ``wire.TCP_MAX`` means the client asked over TCP.
         """
         name = query.qname if target is None else target
         if target is None and name in self._probe_names:
@@ -289,13 +201,14 @@ class Forwarder:
                                wire.EDE_NO_REACHABLE_AUTHORITY, "no usable upstream")
         do = query.edns is not None and query.edns.do
         key: CacheKey = (name, query.qtype, query.qclass, do)
-        entry = self.cache.get(key) if self.cache is not None else None
+        entry = self._cached(key)
         if entry is not None:
-            age = self.clock() - entry.stored
+            now = self.clock()
+            age = now - entry.stored
             if age < entry.ttl:
                 self.stats.cache_hits[entry.kind] += 1
-                return wire.relay(query, entry.reply, limit, self.max_udp_size, chain=chain,
-                                  ttl_cap=entry.ttl, age=int(age))
+                self._popular(key, entry, now, age, query)
+                return self._relay(query, limit, chain, entry, int(age), remember=not chain)
         self.stats.cache_misses += 1
         if self.inflight >= self.config.forward_max_concurrent:
             self.stats.refused_over_cap += 1
@@ -305,18 +218,77 @@ class Forwarder:
         labels = query.labels if target is None else wire.labels_of(target)
         return self._forward(query, limit, chain, labels, key, entry)
 
+    def _cached(self, key: CacheKey) -> CacheEntry | None:
+        for cache in (self.cache, self.denials):
+            if cache is not None:
+                entry = cache.get(key)
+                if entry is not None:
+                    return entry
+        return None
+
+    def _relay(self, query: wire.Query, limit: int, chain: tuple[Record, ...],
+               entry: CacheEntry, age: int, *, remember: bool) -> bytes:
+        """Our reply from a cached ``entry``, handed to the fast path when it may be."""
+        floor = (self.config.cache_min_ttl if entry.kind == "success"
+                 else self.config.cache_negative_min_ttl)
+        ttls: list[tuple[int, int]] | None = [] if remember and self.remember else None
+        reply = wire.relay(query, entry.reply, limit, self.max_udp_size, chain=chain,
+                           ttl_cap=entry.ttl, ttl_floor=floor, age=age, ttls=ttls)
+        if ttls is not None and self.remember is not None and not reply[2] & 0x02:
+            expires = entry.stored + entry.ttl
+            if self.config.cache_prefetch:  # stop in time for the forwarder to prefetch
+                expires -= self._prefetch_margin(entry)
+            if expires > self.clock():
+                self.remember(query, limit == wire.TCP_MAX, reply, ttls, age, expires, entry)
+        return reply
+
+    def _prefetch_margin(self, entry: CacheEntry) -> int:
+        """Seconds before expiry from which a popular entry is fetched again."""
+        return max(1, entry.ttl * self.config.cache_prefetch_percentage // 100)
+
+    def _popular(self, key: CacheKey, entry: CacheEntry, now: float, age: float,
+                 query: wire.Query) -> None:
+        """Count a hit; prefetch a popular entry that is about to expire (CoreDNS
+        ``prefetch AMOUNT DURATION PERCENTAGE%``)."""
+        cfg = self.config
+        if not cfg.cache_prefetch:
+            return
+        if now - entry.window > cfg.cache_prefetch_window:
+            entry.window, entry.hits = now, 0
+        entry.hits += 1
+        if (entry.hits >= cfg.cache_prefetch and not entry.refreshing
+                and entry.ttl - age <= self._prefetch_margin(entry)
+                and self.inflight < cfg.forward_max_concurrent):
+            entry.refreshing = True
+            self.stats.prefetches += 1
+            self.inflight += 1
+            self._tasks.spawn(self._prefetch(key, entry, query), f"prefetch {key[0]}")
+
+    async def _prefetch(self, key: CacheKey, entry: CacheEntry, query: wire.Query) -> None:
+        try:
+            labels = wire.labels_of(key[0])
+            reply = await self._ask(labels, key[1], key[2], key[3],
+                                    bool(query.flags & wire.FLAG_CD), tcp=False)
+            if reply is not None and reply.rcode in (wire.RCODE_NOERROR, wire.RCODE_NXDOMAIN):
+                self._store(key, reply)
+        finally:
+            entry.refreshing = False
+            self.inflight -= 1
+
     async def _forward(self, query: wire.Query, limit: int, chain: tuple[Record, ...],
                        labels: Sequence[bytes], key: CacheKey,
-                       old: _Entry | None) -> bytes | None:
+                       old: CacheEntry | None) -> bytes | None:
         try:
             reply = await self._ask(labels, query.qtype, query.qclass, key[3],
-                                    bool(query.flags & wire.FLAG_CD))
+                                    bool(query.flags & wire.FLAG_CD),
+                                    tcp=limit == wire.TCP_MAX)
             if reply is not None and reply.rcode in (wire.RCODE_NOERROR, wire.RCODE_NXDOMAIN):
-                lifetime = self._store(key, reply)
-                return wire.relay(query, reply, limit, self.max_udp_size, chain=chain,
-                                  ttl_cap=lifetime)
-            if old is None and self.cache is not None:
-                old = self.cache.get(key)  # may have been refreshed meanwhile
+                entry = self._store(key, reply)
+                if entry is not None:
+                    return self._relay(query, limit, chain, entry, 0, remember=not chain)
+                return wire.relay(query, reply, limit, self.max_udp_size, chain=chain)
+            if old is None:
+                old = self._cached(key)  # may have been refreshed meanwhile
             if old is not None:
                 self.stats.stale_served += 1
                 return wire.relay(query, old.reply, limit, self.max_udp_size, chain=chain,
@@ -325,7 +297,9 @@ class Forwarder:
                 return wire.relay(query, reply, limit, self.max_udp_size, chain=chain)
             tried = ", ".join(str(u) for u in self.upstreams)
             return self._error(query, limit, chain, Outcome.SERVFAIL,
-                               wire.EDE_NO_REACHABLE_AUTHORITY, f"no upstream answered ({tried})")
+                               wire.EDE_NO_REACHABLE_AUTHORITY,
+                               f"no upstream answered within {self.config.forward_deadline:g} "
+                               f"s ({tried})")
         except Exception:
             log.exception("error while forwarding; replying SERVFAIL")
             return self._error(query, limit, chain, Outcome.SERVFAIL, EDE_OTHER,
@@ -333,115 +307,57 @@ class Forwarder:
         finally:
             self.inflight -= 1
 
-    def _store(self, key: CacheKey, reply: wire.UpstreamReply) -> int | None:
-        """Cache ``reply`` if it may be; its lifetime (the TTL cap to relay it with)."""
-        if self.cache is None:
-            return None
+    def _store(self, key: CacheKey, reply: wire.UpstreamReply) -> CacheEntry | None:
+        """Cache ``reply`` if it may be; the entry."""
         lifetime = wire.cache_lifetime(reply)
         if lifetime is None:
             return None
         kind, ttl = lifetime
-        ttl = min(ttl, self.config.cache_ttl if kind == "success"
-                  else self.config.cache_negative_ttl)
+        cfg = self.config
+        if kind == "success":
+            cache, cap, floor = self.cache, cfg.cache_ttl, cfg.cache_min_ttl
+        else:
+            cache, cap, floor = self.denials, cfg.cache_negative_ttl, cfg.cache_negative_min_ttl
+        if cache is None:
+            return None
+        ttl = min(max(ttl, floor), cap)
         if ttl <= 0:  # a cap of 0 turns caching of this kind off; TTLs stay as sent
             return None
-        self.cache[key] = _Entry(reply, self.clock(), ttl, kind)
-        return ttl
+        entry = CacheEntry(reply, self.clock(), ttl, kind, window=self.clock())
+        for other in (self.cache, self.denials):  # a name changes kind: one entry
+            if other is not None and other is not cache:
+                other.pop(key, None)
+        cache[key] = entry
+        return entry
 
     def _error(self, query: wire.Query, limit: int, chain: tuple[Record, ...],
                outcome: Outcome, code: int, text: str) -> bytes:
         return wire.encode_forward_error(query, outcome, limit, self.max_udp_size,
                                          (code, text), chain)
 
-    def _order(self) -> list[Upstream]:
-        """Healthy upstreams in config order, then the recently dead, soonest back first."""
-        now = self.clock()
-        alive = [u for u in self.upstreams if self._dead_until.get(u, 0.0) <= now]
-        dead = sorted((u for u in self.upstreams if self._dead_until.get(u, 0.0) > now),
-                      key=lambda u: self._dead_until[u])
-        return alive + dead
-
     async def _ask(self, labels: Sequence[bytes], qtype: int, qclass: int, do: bool,
-                   cd: bool) -> wire.UpstreamReply | None:
-        """The first NOERROR/NXDOMAIN reply from the upstreams, else the last other reply."""
+                   cd: bool, *, tcp: bool) -> wire.UpstreamReply | None:
+        """The first NOERROR/NXDOMAIN reply from the upstreams, else the last other reply,
+        within ``forward_deadline`` seconds for all tries together."""
+        pool = self.pool
+        assert pool is not None
         other: wire.UpstreamReply | None = None
-        for up in self._order():
+        deadline = time.monotonic() + self.config.forward_deadline
+        for up in pool.order():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
             try:
-                reply = await self._exchange(up, labels, qtype, qclass, do=do, cd=cd)
-            except _Failed as exc:
-                name = str(up)
-                self.stats.failures[name] = self.stats.failures.get(name, 0) + 1
-                self._dead_until[up] = self.clock() + DEAD_FOR
+                reply = await pool.ask(up, labels, qtype, qclass, do=do, cd=cd, tcp=tcp,
+                                       timeout=min(self.config.forward_timeout, left))
+            except Failed as exc:
                 log.debug("upstream %s failed: %s", up, exc)
                 continue
-            self._dead_until.pop(up, None)
             if reply.rcode in (wire.RCODE_NOERROR, wire.RCODE_NXDOMAIN):
                 return reply
             other = reply
         return other
 
-    async def _exchange(self, up: Upstream, labels: Sequence[bytes], qtype: int, qclass: int,
-                        *, do: bool, cd: bool) -> wire.UpstreamReply:
-        """One try at one upstream: UDP, then TCP if the UDP reply is truncated or garbled."""
-        name = str(up)
-        self.stats.requests[name] = self.stats.requests.get(name, 0) + 1
-        start = time.perf_counter()
-        try:
-            reply = await self._udp(up, labels, qtype, qclass, do, cd)
-            if reply is None or reply.truncated:
-                reply = await self._tcp(up, labels, qtype, qclass, do, cd)
-        except (OSError, TimeoutError, EOFError, wire.Malformed) as exc:
-            raise _Failed(f"{type(exc).__name__}: {exc}" if str(exc)
-                          else type(exc).__name__) from None
-        seconds = time.perf_counter() - start
-        rcode = reply.rcode_name
-        self.stats.responses[(name, rcode)] = self.stats.responses.get((name, rcode), 0) + 1
-        self.stats.durations.append((name, rcode, seconds))
-        if self.observe is not None:
-            self.observe(name, rcode, seconds)
-        return reply
 
-    async def _udp(self, up: Upstream, labels: Sequence[bytes], qtype: int, qclass: int,
-                   do: bool, cd: bool) -> wire.UpstreamReply | None:
-        """The matching UDP reply; None when it was malformed (retry over TCP)."""
-        ident = self._rng.randrange(65536)
-        packet = wire.upstream_query(labels, qtype, qclass, ident, do=do, cd=cd)
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[wire.UpstreamReply | None] = loop.create_future()
-
-        def accept(data: bytes) -> wire.UpstreamReply | None:
-            return wire.read_reply(data, ident, labels, qtype, qclass)
-
-        async with asyncio.timeout(self.config.forward_timeout):
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _UDPExchange(accept, done), remote_addr=(up.host, up.port))
-            try:
-                transport.sendto(packet)
-                return await done
-            finally:
-                if not done.done():
-                    done.cancel()
-                transport.close()
-
-    async def _tcp(self, up: Upstream, labels: Sequence[bytes], qtype: int, qclass: int,
-                   do: bool, cd: bool) -> wire.UpstreamReply:
-        ident = self._rng.randrange(65536)
-        packet = wire.upstream_query(labels, qtype, qclass, ident, do=do, cd=cd)
-        async with asyncio.timeout(self.config.forward_timeout):
-            reader, writer = await asyncio.open_connection(up.host, up.port)
-            try:
-                writer.write(len(packet).to_bytes(2, "big") + packet)
-                while True:  # replies to other queries (there are none) are skipped
-                    size = int.from_bytes(await reader.readexactly(2), "big")
-                    reply = wire.read_reply(await reader.readexactly(size), ident, labels,
-                                            qtype, qclass)
-                    if reply is not None:
-                        return reply
-            finally:
-                writer.close()
-                with contextlib.suppress(OSError):
-                    await writer.wait_closed()
-
-
-__all__ = ["ForwardStats", "Forwarder", "Upstream", "is_ourselves", "read_resolv_conf",
-           "upstream_list"]
+__all__ = ["CACHE_UNIT", "CacheEntry", "ForwardStats", "Forwarder", "Upstream",
+           "is_ourselves", "read_resolv_conf", "upstream_list"]

@@ -142,6 +142,7 @@ class Hist:
 
 
 _RCODES = tuple(rcode_name(i) for i in range(16))
+_PLUGINS = ("", "kubernetes", "cache", "cache")  # by fastpath.NOT_OURS ... CACHE_DENIAL
 _SIZE_INDEX = [bisect_left(SIZE_BUCKETS, n) for n in range(65536)]
 NAME_CACHE_MAX = 4096
 """Distinct (name, type) questions whose labels ``observe`` remembers; emptied when full."""
@@ -241,7 +242,7 @@ class QueryMetrics:
                 if count:
                     key = (slot >= 2, slot % 2 == 1, qtype)
                     self.requests[key] = self.requests.get(key, 0) + count
-            rkey = (_RCODES[cell.rcode], "kubernetes" if cell.in_zone else "")
+            rkey = (_RCODES[cell.rcode], _PLUGINS[cell.plugin])
             self.responses[rkey] = self.responses.get(rkey, 0) + total
             self._duration(qtype).counts[0] += total
             for tcp, count in ((0, counts[0] + counts[1]), (1, counts[2] + counts[3])):
@@ -376,8 +377,11 @@ class AppCollector(Collector):
                                      "counters.", labels=["server", "zones", "view"])
         entries = GaugeMetricFamily("coredns_cache_entries", "The number of elements in the "
                                     "cache.", labels=["server", "type", "zones", "view"])
+        fast = self.app.handler.fast
+        fast_hits = fast.hits.cache_hits() if fast is not None else {}
         for kind in ("success", "denial"):
-            hits.add_metric([server, kind, ZONE, VIEW], stats.cache_hits.get(kind, 0))
+            hits.add_metric([server, kind, ZONE, VIEW],
+                            stats.cache_hits.get(kind, 0) + fast_hits.get(kind, 0))
             entries.add_metric([server, kind, ZONE, VIEW], counts.get(kind, 0))
         misses.add_metric([server, ZONE, VIEW], stats.cache_misses)
         yield from (hits, misses, entries)
@@ -487,16 +491,8 @@ class ForwardDurations:
 
 
 def _cache_entries(forwarder: Forwarder) -> dict[str, int]:
-    counts = {"success": 0, "denial": 0}
-    cache = forwarder.cache
-    if cache is None:
-        return counts
-    try:
-        for entry in list(cache.values()):
-            counts[entry.kind] = counts.get(entry.kind, 0) + 1
-    except (KeyError, RuntimeError):  # an entry expired under us: count them all as one
-        counts = {"success": len(cache), "denial": 0}
-    return counts
+    return {"success": len(forwarder.cache) if forwarder.cache is not None else 0,
+            "denial": len(forwarder.denials) if forwarder.denials is not None else 0}
 
 
 # ----------------------------------------------------------------------- programming

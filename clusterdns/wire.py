@@ -59,6 +59,7 @@ class Query:
     edns: Edns | None
     question: bytes  # the first question as sent (name, type, class), echoed in replies
     labels: tuple[bytes, ...]  # its name's labels as sent (DNS 0x20 letter case kept)
+    raw: bytes = b""  # the whole query as received
 
     @property
     def opcode(self) -> int:
@@ -190,7 +191,7 @@ def parse(data: bytes) -> Query:
         id=header[0], flags=header[1], qdcount=qd,
         qname=normal_name(labels) if labels is not None else "",
         qtype=qtype, qclass=qclass, edns=edns, question=question_raw,
-        labels=tuple(labels) if labels is not None else (),
+        labels=tuple(labels) if labels is not None else (), raw=data,
     )
 
 
@@ -251,7 +252,7 @@ class _Message:
     did not fit, with the names they registered.
     """
 
-    __slots__ = ("added", "buf", "names", "owners")
+    __slots__ = ("added", "buf", "names", "owners", "ttls")
 
     def __init__(self, ident: int, flags: int, question: bytes,
                  labels: tuple[bytes, ...]) -> None:
@@ -259,6 +260,7 @@ class _Message:
         self.names: dict[tuple[bytes, ...], int] = {}
         self.added: list[tuple[bytes, ...]] = []  # keys of ``names``, in offset order
         self.owners: dict[str, tuple[bytes, ...]] = {}  # our owner names, spelled
+        self.ttls: list[tuple[int, int]] | None = None  # (offset, TTL) written, if asked
         if question:
             self._register(labels, HEADER.size, len(labels))
             self.buf += question
@@ -304,6 +306,9 @@ class _Message:
     def rollback(self, mark: tuple[int, int]) -> None:
         size, added = mark
         del self.buf[size:]
+        if self.ttls is not None:
+            while self.ttls and self.ttls[-1][0] >= size:
+                self.ttls.pop()
         for key in self.added[added:]:
             del self.names[key]
         del self.added[added:]
@@ -353,6 +358,8 @@ class _Message:
         self.name(item.owner)
         buf = self.buf
         at = len(buf) + 8
+        if self.ttls is not None:
+            self.ttls.append((at - 4, item.ttl))
         buf += _RR_FIXED.pack(item.rtype, item.rclass, item.ttl, 0)
         for part in item.rdata:
             if isinstance(part, tuple):
@@ -457,7 +464,8 @@ def encode(query: Query, decision: Decision, limit: int, server_max: int,
 
 
 def _fit(query: Query, flags: int, groups: Groups, required: int, limit: int,
-         server_max: int, ede: tuple[int, str] | None, ext_rcode: int = 0) -> bytes:
+         server_max: int, ede: tuple[int, str] | None, ext_rcode: int = 0,
+         ttls: list[tuple[int, int]] | None = None) -> bytes:
     """Write the longest prefix of ``groups`` that fits ``limit``, then our OPT.
 
     The first ``required`` groups are Answer and Authority: leaving any of them out sets
@@ -466,6 +474,7 @@ def _fit(query: Query, flags: int, groups: Groups, required: int, limit: int,
     dropped to fit what room is left.
     """
     msg = _Message(query.id, flags, query.question, query.labels)
+    msg.ttls = ttls
     room = limit - (OPT_FIXED if query.edns is not None else 0)
     counts = [1 if query.question else 0, 0, 0, 0]
     buf = msg.buf
@@ -774,16 +783,19 @@ def _upstream_rrsets(records: Sequence[_Foreign], query: Query,
 
 
 def relay(query: Query, reply: UpstreamReply, limit: int, server_max: int, *,
-          chain: Sequence[Record] = (), ttl_cap: int | None = None, age: int = 0,
-          stale: bool = False) -> bytes:
+          chain: Sequence[Record] = (), ttl_cap: int | None = None, ttl_floor: int = 0,
+          age: int = 0, stale: bool = False,
+          ttls: list[tuple[int, int]] | None = None) -> bytes:
     """Our reply to ``query`` carrying the upstream's answer, no larger than ``limit``.
 
     The client's ID and question (with its letter case), RD/CD from the query, RA set,
     the upstream's rcode, our own OPT. ``chain`` (our CNAMEs of an ExternalName) goes in
     front of the upstream's Answer and makes the reply authoritative; otherwise AA is
-    clear. TTLs are capped at ``ttl_cap`` and reduced by ``age``; a stale reply has
-    TTL 30 everywhere upstream data appears and says so with an extended error.
-    AD is kept only when the client showed it understands it (AD or DO, RFC 6840 §5.8).
+    clear. TTLs are raised to ``ttl_floor``, capped at ``ttl_cap`` and reduced by
+    ``age``; a stale reply has TTL 30 everywhere upstream data appears and says so with
+    an extended error. AD is kept only when the client showed it understands it (AD or
+    DO, RFC 6840 §5.8). ``ttls``, when given, receives the (offset, value) of every TTL
+    of upstream data written, so that a copy of the reply can be aged by patching them.
     """
     flags = (FLAG_QR | FLAG_RA | (query.flags & (0x7800 | FLAG_RD | FLAG_CD))
              | (reply.rcode & 0xF))
@@ -796,6 +808,7 @@ def relay(query: Query, reply: UpstreamReply, limit: int, server_max: int, *,
     def ttl(value: int) -> int:
         if stale:
             return STALE_TTL
+        value = max(value, ttl_floor)
         if ttl_cap is not None:
             value = min(value, ttl_cap)
         return max(0, value - age)
@@ -805,7 +818,7 @@ def relay(query: Query, reply: UpstreamReply, limit: int, server_max: int, *,
         groups.extend((section, rs) for rs in _upstream_rrsets(records, query, ttl))
     required = sum(1 for section, _ in groups if section < 2)
     ede = (EDE_STALE_ANSWER, "serving stale data: no upstream answered") if stale else None
-    return _fit(query, flags, groups, required, limit, server_max, ede)
+    return _fit(query, flags, groups, required, limit, server_max, ede, ttls=ttls)
 
 
 def encode_forward_error(query: Query, outcome: Outcome, limit: int, server_max: int,

@@ -109,6 +109,15 @@ class ManualClock:
         self.now += seconds
 
 
+def cache_hits(server: RunningServer, kind: str) -> int:
+    """Answers from the forward cache: given by the forwarder, or by the fast path."""
+    def count() -> int:
+        fast = server.app.handler.fast
+        return forwarder(server).stats.cache_hits[kind] + (
+            fast.hits.cache_hits()[kind] if fast is not None else 0)
+    return int(server.call(count))
+
+
 def manual_clock(server: RunningServer) -> ManualClock:
     clock = ManualClock()
     server.call(lambda: setattr(forwarder(server), "clock", clock))
@@ -245,13 +254,14 @@ def test_s5_a_dead_first_upstream_fails_over_to_the_second_and_is_then_tried_las
         make_server: ServerFactory, upstreams: Callable[..., FakeUpstream]) -> None:
     silent, good = upstreams(), upstreams()
     silent.silent = True
-    server = forwarding(make_server, silent.address, good.address, forward_timeout=1.0)
+    server = forwarding(make_server, silent.address, good.address, forward_timeout=1.0,
+                        forward_policy="sequential", forward_max_fails=1, loop_detect=False)
     reply = server.ask("example.com", "A", timeout=20)
     assert addresses(reply) == ["192.0.2.1"]
     assert silent.count("example.com") == 1
     reply = server.ask("www.example.com", "A", timeout=20)
     assert addresses(reply) == ["192.0.2.2"]
-    assert silent.count("www.example.com") == 0  # remembered as dead: good one asked first
+    assert silent.count("www.example.com") == 0  # marked down: the good one is asked first
     stats = server.call(lambda: forwarder(server).stats)
     assert stats.failures[silent.address] >= 1
 
@@ -288,7 +298,7 @@ def test_s5_a_cache_hit_is_served_without_an_upstream_query_and_with_a_decrement
     assert ttls(server.ask("example.com", "A")) == [300]
     assert upstream.count("example.com", "A") == 2
     stats = server.call(lambda: forwarder(server).stats)
-    assert stats.cache_hits["success"] == 1
+    assert cache_hits(server, "success") == 1
     assert stats.cache_misses == 2
 
 
@@ -327,8 +337,7 @@ def test_s5_negative_answers_are_cached_for_the_soa_minimum_capped_by_cache_nega
     clock.advance(21)
     server.ask("nope.example.com", "A")
     assert upstream.count("nope.example.com") == 2
-    stats = server.call(lambda: forwarder(server).stats)
-    assert stats.cache_hits["denial"] == 2
+    assert cache_hits(server, "denial") == 2
 
 
 def test_s5_cache_size_zero_turns_the_cache_off(

@@ -35,6 +35,7 @@ class Seen:
     name: str  # as received, letter case kept, no trailing dot
     rdtype: str
     transport: str  # "udp" or "tcp"
+    port: int = 0  # the asking socket's port
 
 
 class FakeUpstream:
@@ -139,12 +140,12 @@ class FakeUpstream:
         if self._gate is not None:
             self._gate.set()
 
-    async def reply(self, data: bytes, transport: str) -> list[bytes]:
+    async def reply(self, data: bytes, transport: str, port: int = 0) -> list[bytes]:
         """The packets to send back for one query (none when silent)."""
         query = dns.message.from_wire(data)
         question = query.question[0]
         self.seen.append(Seen(question.name.to_text(omit_final_dot=True),
-                              dns.rdatatype.to_text(question.rdtype), transport))
+                              dns.rdatatype.to_text(question.rdtype), transport, port))
         if self._gate is not None:
             await self._gate.wait()
         if self.silent:
@@ -202,7 +203,8 @@ class FakeUpstream:
             while True:
                 size = int.from_bytes(await reader.readexactly(2), "big")
                 data = await reader.readexactly(size)
-                for packet in await self.reply(data, "tcp"):
+                peer = writer.get_extra_info("peername")
+                for packet in await self.reply(data, "tcp", int(peer[1]) if peer else 0):
                     writer.write(len(packet).to_bytes(2, "big") + packet)
                 await writer.drain()
         writer.close()
@@ -223,7 +225,7 @@ class _UDP(asyncio.DatagramProtocol):
         task.add_done_callback(self.tasks.discard)
 
     async def _answer(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        packets = await self.upstream.reply(data, "udp")
+        packets = await self.upstream.reply(data, "udp", int(addr[1]))
         if self.transport is None or self.transport.is_closing():
             return
         for packet in packets:
