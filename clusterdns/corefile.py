@@ -37,6 +37,7 @@ DEFAULT_METRICS = ListenAddr("127.0.0.1", 9153)  # CoreDNS: localhost:9153
 DEFAULT_RELOAD = 30.0  # seconds
 DEFAULT_SERVE_STALE = 3600.0
 CACHE_CAPACITY = 9984  # CoreDNS's default per cache (success and denial)
+CACHE_MIN_TTL = 5  # CoreDNS's default minimum TTL of both caches
 
 
 def looks_like_corefile(path: Path) -> bool:
@@ -542,8 +543,33 @@ class _Builder:
                 (value,) = self.nargs(opt, key, 1, 1)
                 self.changes["forward_max_concurrent"] = self.integer(
                     value, opt.line, key, 1, 1_000_000)
+            elif opt.name == "max_fails":
+                (value,) = self.nargs(opt, key, 1, 1)
+                self.changes["forward_max_fails"] = self.integer(value, opt.line, key, 0, 1000)
+            elif opt.name == "health_check":
+                value, *extra = self.nargs(opt, key, 1, None)
+                self.changes["forward_health_check"] = self.duration(value, opt.line, key, 3600)
+                if extra:
+                    self.warn(opt.line, key, f"{' '.join(extra)}: not supported; the health "
+                                             "check asks '. IN NS' with recursion desired")
+                if self.changes["forward_health_check"] <= 0:
+                    raise self.fail(opt.line, key, f"{value!r}: expected a positive duration")
+            elif opt.name == "policy":
+                (value,) = self.nargs(opt, key, 1, 1)
+                if value not in config.FORWARD_POLICIES:
+                    raise self.fail(opt.line, key, f"{value!r}: expected one of "
+                                                   f"{', '.join(config.FORWARD_POLICIES)}")
+                self.changes["forward_policy"] = value
+            elif opt.name == "expire":
+                (value,) = self.nargs(opt, key, 1, 1)
+                self.changes["forward_expire"] = self.duration(value, opt.line, key, 3600)
+            elif opt.name in ("force_tcp", "prefer_udp"):
+                self.nargs(opt, key, 0, 0)
+                self.changes[f"forward_{opt.name}"] = True
             else:
                 self.warn(opt.line, key, "option not supported by clusterdns; ignored")
+        if self.changes.get("forward_force_tcp") and self.changes.get("forward_prefer_udp"):
+            self.warn(d.line, "forward", "force_tcp and prefer_udp together: force_tcp wins")
 
     def cache(self, d: Directive) -> None:
         args = list(d.args)
@@ -556,6 +582,7 @@ class _Builder:
                                        "answer and never its own zones")
         success_ttl = denial_ttl = ttl_cap
         success_cap = denial_cap = CACHE_CAPACITY
+        success_min = denial_min = CACHE_MIN_TTL
         serve_stale = 0.0
         for opt in d.block or ():
             key = f"cache {opt.name}"
@@ -563,12 +590,15 @@ class _Builder:
                 cap_text, *rest = self.nargs(opt, key, 1, 3)
                 cap = self.integer(cap_text, opt.line, key, 0, 10_000_000)
                 ttl = self.integer(rest[0], opt.line, key, 0, 86400) if rest else None
-                if len(rest) > 1:
-                    self.warn(opt.line, key, "a minimum TTL is not supported; ignored")
+                floor = self.integer(rest[1], opt.line, key, 0, 86400) if len(rest) > 1 else None
                 if opt.name == "success":
                     success_cap, success_ttl = cap, ttl if ttl is not None else success_ttl
+                    success_min = floor if floor is not None else success_min
                 else:
                     denial_cap, denial_ttl = cap, ttl if ttl is not None else denial_ttl
+                    denial_min = floor if floor is not None else denial_min
+            elif opt.name == "prefetch":
+                self.prefetch(opt, key)
             elif opt.name == "disable":
                 kind, *disabled = self.nargs(opt, key, 1, None)
                 if kind not in ("success", "denial"):
@@ -584,12 +614,33 @@ class _Builder:
                                              "stale answers are served immediately")
             else:
                 self.warn(opt.line, key, "option not supported by clusterdns; ignored")
-        self.changes["cache_size"] = success_cap + denial_cap
+        self.changes["cache_size"] = success_cap
+        self.changes["cache_negative_size"] = denial_cap
         if success_ttl is not None:
             self.changes["cache_ttl"] = success_ttl
         if denial_ttl is not None:
             self.changes["cache_negative_ttl"] = denial_ttl
+        self.changes["cache_min_ttl"] = success_min
+        self.changes["cache_negative_min_ttl"] = denial_min
         self.changes["serve_stale"] = serve_stale
+
+    def prefetch(self, opt: Directive, key: str) -> None:
+        """``prefetch AMOUNT [[DURATION] [PERCENTAGE%]]``: CoreDNS's defaults are 1, 1m
+        and 10%; the percentage must be from 10 to 90."""
+        args = list(self.nargs(opt, key, 1, 3))
+        self.changes["cache_prefetch"] = self.integer(args.pop(0), opt.line, key, 1, 1_000_000)
+        if args and not args[0].endswith("%"):
+            window = self.duration(args.pop(0), opt.line, key, 86400)
+            if window < 1:
+                raise self.fail(opt.line, key, f"{window:g} s: the duration must be at least 1s")
+            self.changes["cache_prefetch_window"] = window
+        if args:
+            text = args.pop(0)
+            percent = self.integer(text[:-1], opt.line, key, 10, 90) if text.endswith(
+                "%") else None
+            if percent is None or args:
+                raise self.fail(opt.line, key, f"{text!r}: expected a percentage such as 10%")
+            self.changes["cache_prefetch_percentage"] = percent
 
     def loop(self, d: Directive) -> None:
         self.nargs(d, "loop", 0, 0)

@@ -50,7 +50,10 @@ KUBEADM = Config(
     forward_max_concurrent=1000,
     loop_detect=True,
     fallthrough=frozenset({"in-addr.arpa", "ip6.arpa"}),
-    cache_size=2 * corefile.CACHE_CAPACITY,  # CoreDNS: 9984 positive + 9984 negative
+    cache_size=corefile.CACHE_CAPACITY,  # CoreDNS: 9984 positive, 9984 negative
+    cache_negative_size=corefile.CACHE_CAPACITY,
+    cache_min_ttl=corefile.CACHE_MIN_TTL,  # CoreDNS's default MINTTL, both caches
+    cache_negative_min_ttl=corefile.CACHE_MIN_TTL,
     cache_ttl=30,
     cache_negative_ttl=30,
     serve_stale=0.0,
@@ -247,12 +250,13 @@ def test_forward_reads_addresses_resolv_conf_and_max_concurrent(tmp_path: Path) 
         "    forward . dns://1.1.1.1 8.8.8.8:5353 2001:db8::1 [2001:db8::2]:53 "
         "/etc/resolv.conf {\n"
         "        max_concurrent 50\n"
-        "        policy sequential\n"
+        "        tls_servername dns.example\n"
         "    }\n"))
     assert cfg.upstreams == ("1.1.1.1:53", "8.8.8.8:5353", "[2001:db8::1]:53",
                              "[2001:db8::2]:53", "/etc/resolv.conf")
     assert cfg.forward_max_concurrent == 50
-    assert warnings == [f"{path}:5: forward policy: option not supported by clusterdns; ignored"]
+    assert warnings == [f"{path}:5: forward tls_servername: option not supported by "
+                        "clusterdns; ignored"]
 
 
 def test_forward_for_a_single_zone_is_ignored_with_a_warning(tmp_path: Path) -> None:
@@ -269,7 +273,8 @@ def test_cache_capacities_ttls_and_serve_stale_reach_the_config(tmp_path: Path) 
         "        serve_stale 10m\n"
         "    }\n"))
     assert warnings == []
-    assert (cfg.cache_size, cfg.cache_ttl, cfg.cache_negative_ttl) == (6000, 600, 300)
+    assert (cfg.cache_size, cfg.cache_ttl, cfg.cache_negative_size,
+            cfg.cache_negative_ttl) == (5000, 600, 1000, 300)
     assert cfg.serve_stale == 600.0
     cfg, _, _ = load_text(tmp_path, minimal("    cache {\n        serve_stale\n    }\n"))
     assert (cfg.cache_ttl, cfg.cache_negative_ttl) == (Config().cache_ttl,
@@ -492,3 +497,87 @@ def test_flags_override_the_corefile(tmp_path: Path, fake: tuple[FakeKube, Path]
     assert result.returncode == 0, result.stderr
     assert {ln.split()[1] for ln in result.stdout.splitlines()
             if not ln.startswith(";")} == {"7"}
+
+
+def test_every_forward_option_of_coredns_reaches_the_config(tmp_path: Path) -> None:
+    cfg, warnings, _ = load_text(tmp_path, minimal(
+        "    forward . 10.0.0.1 10.0.0.2 {\n"
+        "        max_fails 3\n"
+        "        health_check 2s\n"
+        "        policy round_robin\n"
+        "        expire 30s\n"
+        "        force_tcp\n"
+        "        max_concurrent 77\n"
+        "    }\n"))
+    assert warnings == []
+    assert (cfg.forward_max_fails, cfg.forward_health_check, cfg.forward_policy,
+            cfg.forward_expire, cfg.forward_force_tcp, cfg.forward_prefer_udp,
+            cfg.forward_max_concurrent) == (3, 2.0, "round_robin", 30.0, True, False, 77)
+    cfg, warnings, _ = load_text(tmp_path, minimal(
+        "    forward . 10.0.0.1 {\n        prefer_udp\n        policy sequential\n    }\n"))
+    assert warnings == [] and cfg.forward_prefer_udp and cfg.forward_policy == "sequential"
+
+
+@pytest.mark.parametrize(("option", "problem"), [
+    ("policy fastest", "'fastest': expected one of random, round_robin, sequential"),
+    ("max_fails -1", "max_fails"),
+    ("health_check soon", "expected a duration"),
+    ("force_tcp please", "force_tcp"),
+])
+def test_a_bad_forward_option_names_the_line(tmp_path: Path, option: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_text(tmp_path, minimal(f"    forward . 10.0.0.1 {{\n        {option}\n    }}\n"))
+    assert ":4:" in str(err.value) and problem in str(err.value)
+
+
+def test_health_check_options_coredns_has_and_we_do_not_warn_with_the_line(
+        tmp_path: Path) -> None:
+    cfg, warnings, path = load_text(tmp_path, minimal(
+        "    forward . 10.0.0.1 {\n        health_check 1s no_rec\n    }\n"))
+    assert cfg.forward_health_check == 1.0
+    assert len(warnings) == 1 and warnings[0].startswith(f"{path}:4: forward health_check:")
+
+
+def test_every_cache_option_of_coredns_reaches_the_config(tmp_path: Path) -> None:
+    cfg, warnings, _ = load_text(tmp_path, minimal(
+        "    cache 120 {\n"
+        "        success 4000 600 10\n"
+        "        denial 2000 60 3\n"
+        "        prefetch 5 30s 20%\n"
+        "        serve_stale 1h\n"
+        "    }\n"))
+    assert warnings == []
+    assert (cfg.cache_size, cfg.cache_ttl, cfg.cache_min_ttl) == (4000, 600, 10)
+    assert (cfg.cache_negative_size, cfg.cache_negative_ttl,
+            cfg.cache_negative_min_ttl) == (2000, 60, 3)
+    assert (cfg.cache_prefetch, cfg.cache_prefetch_window,
+            cfg.cache_prefetch_percentage) == (5, 30.0, 20)
+    assert cfg.serve_stale == 3600.0
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ("prefetch 2", (2, 60.0, 10)),  # CoreDNS's defaults: 1m, 10%
+    ("prefetch 3 5m", (3, 300.0, 10)),
+    ("prefetch 4 25%", (4, 60.0, 25)),
+])
+def test_prefetch_takes_coredns_defaults_for_what_it_leaves_out(
+        tmp_path: Path, line: str, expected: tuple[int, float, int]) -> None:
+    cfg, warnings, _ = load_text(tmp_path, minimal(f"    cache {{\n        {line}\n    }}\n"))
+    assert warnings == []
+    assert (cfg.cache_prefetch, cfg.cache_prefetch_window,
+            cfg.cache_prefetch_percentage) == expected
+
+
+@pytest.mark.parametrize("line", ["prefetch 0", "prefetch 2 1m 95%", "prefetch 2 1m 5%",
+                                  "prefetch 2 fast", "prefetch 2 1m 10% more"])
+def test_a_bad_prefetch_names_the_line(tmp_path: Path, line: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_text(tmp_path, minimal(f"    cache {{\n        {line}\n    }}\n"))
+    assert ":4: cache prefetch" in str(err.value)
+
+
+def test_an_unknown_cache_option_warns_with_its_line(tmp_path: Path) -> None:
+    cfg, warnings, path = load_text(tmp_path, minimal(
+        "    cache 30 {\n        keepttl\n    }\n"))
+    assert warnings == [f"{path}:4: cache keepttl: option not supported by clusterdns; ignored"]
+    assert cfg.cache_ttl == 30
