@@ -570,6 +570,7 @@ class _Builder:
                 self.warn(opt.line, key, "option not supported by clusterdns; ignored")
         if self.changes.get("forward_force_tcp") and self.changes.get("forward_prefer_udp"):
             self.warn(d.line, "forward", "force_tcp and prefer_udp together: force_tcp wins")
+            self.changes["forward_prefer_udp"] = False
 
     def cache(self, d: Directive) -> None:
         args = list(d.args)

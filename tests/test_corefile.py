@@ -581,3 +581,14 @@ def test_an_unknown_cache_option_warns_with_its_line(tmp_path: Path) -> None:
         "    cache 30 {\n        keepttl\n    }\n"))
     assert warnings == [f"{path}:4: cache keepttl: option not supported by clusterdns; ignored"]
     assert cfg.cache_ttl == 30
+
+
+def test_an_unknown_forward_option_and_contradicting_ones_warn_with_their_line(
+        tmp_path: Path) -> None:
+    cfg, warnings, path = load_text(tmp_path, minimal(
+        "    forward . 10.0.0.1 {\n        tls_servername dns.example\n        force_tcp\n"
+        "        prefer_udp\n    }\n"))
+    assert warnings == [
+        f"{path}:4: forward tls_servername: option not supported by clusterdns; ignored",
+        f"{path}:3: forward: force_tcp and prefer_udp together: force_tcp wins"]
+    assert cfg.forward_force_tcp and not cfg.forward_prefer_udp
