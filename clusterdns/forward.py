@@ -183,8 +183,13 @@ class Forwarder:
     # ---------------------------------------------------------------------- queries
 
     def answer(self, query: wire.Query, limit: int, chain: tuple[Record, ...] = (),
-               target: str | None = None) -> bytes | Awaitable[bytes | None]:
+               target: str | None = None, *,
+               ours: bool = False) -> bytes | Awaitable[bytes | None]:
         """Reply bytes now (cache hit, loop, over the cap) or an awaitable of them.
+
+        ``ours``: the name is in one of our zones (a ``fallthrough`` NXDOMAIN), so the
+        reply is not handed to the fast path, whose forwarded answers outlive snapshots:
+        the next snapshot may have the name.
 
         ``target``: ask the upstream about this name instead of the query's (the
         out-of-zone target of an ExternalName), putting ``chain`` in front of its answer.
@@ -208,7 +213,8 @@ class Forwarder:
             if age < entry.ttl:
                 self.stats.cache_hits[entry.kind] += 1
                 self._popular(key, entry, now, age, query)
-                return self._relay(query, limit, chain, entry, int(age), remember=not chain)
+                return self._relay(query, limit, chain, entry, int(age),
+                                   remember=not (chain or ours))
         self.stats.cache_misses += 1
         if self.inflight >= self.config.forward_max_concurrent:
             self.stats.refused_over_cap += 1
@@ -216,7 +222,7 @@ class Forwarder:
                                "too many upstream queries in flight")
         self.inflight += 1
         labels = query.labels if target is None else wire.labels_of(target)
-        return self._forward(query, limit, chain, labels, key, entry)
+        return self._forward(query, limit, chain, labels, key, entry, not (chain or ours))
 
     def _cached(self, key: CacheKey) -> CacheEntry | None:
         for cache in (self.cache, self.denials):
@@ -277,7 +283,7 @@ class Forwarder:
 
     async def _forward(self, query: wire.Query, limit: int, chain: tuple[Record, ...],
                        labels: Sequence[bytes], key: CacheKey,
-                       old: CacheEntry | None) -> bytes | None:
+                       old: CacheEntry | None, remember: bool) -> bytes | None:
         try:
             reply = await self._ask(labels, query.qtype, query.qclass, key[3],
                                     bool(query.flags & wire.FLAG_CD),
@@ -285,7 +291,7 @@ class Forwarder:
             if reply is not None and reply.rcode in (wire.RCODE_NOERROR, wire.RCODE_NXDOMAIN):
                 entry = self._store(key, reply)
                 if entry is not None:
-                    return self._relay(query, limit, chain, entry, 0, remember=not chain)
+                    return self._relay(query, limit, chain, entry, 0, remember=remember)
                 return wire.relay(query, reply, limit, self.max_udp_size, chain=chain)
             if old is None:
                 old = self._cached(key)  # may have been refreshed meanwhile

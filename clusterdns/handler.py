@@ -48,7 +48,8 @@ class Forwarding(Protocol):
     """What the handler needs of a forwarder (``clusterdns.forward.Forwarder``)."""
 
     def answer(self, query: wire.Query, limit: int, chain: tuple[Record, ...] = (),
-               target: str | None = None) -> bytes | Awaitable[Reply]: ...
+               target: str | None = None, *,
+               ours: bool = False) -> bytes | Awaitable[Reply]: ...
 
 
 @dataclass(slots=True)
@@ -145,7 +146,7 @@ class Handler:
             if fwd is not None:
                 onward = _onward(snap, query, decision)
                 if onward is not None:
-                    return fwd.answer(query, limit, *onward)
+                    return fwd.answer(query, limit, *onward, ours=True)
         reply = wire.encode(query, decision, limit, self.max_udp_size)
         if reply[2] & 0x02:
             self.stats.truncated += 1

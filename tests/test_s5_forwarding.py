@@ -15,6 +15,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import dns.flags
@@ -26,7 +27,7 @@ import dns.rdatatype
 import pytest
 from upstream import SPOOFED_ADDRESS, FakeUpstream, dead_address
 
-from clusterdns.config import ListenAddr
+from clusterdns.config import ListenAddr, SourceSpec
 from clusterdns.forward import Forwarder, Upstream, read_resolv_conf, upstream_list
 from conftest import RunningServer, addresses, rrset_texts
 
@@ -434,6 +435,28 @@ def test_s5_fallthrough_sends_an_unknown_in_addr_arpa_ptr_upstream(
     # Fallthrough is per zone: cluster.local NXDOMAINs still stay here.
     assert server.ask("nothing.default.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN
     assert upstream.count("nothing.default.svc.cluster.local") == 0
+
+
+def test_s5_a_fallthrough_answer_gives_way_to_our_own_once_the_cluster_has_the_name(
+        make_server: ServerFactory, upstream: FakeUpstream, tmp_path: Path) -> None:
+    # The upstream's answer for an address we do not know is cached (300 s), and the fast
+    # path keeps forwarded answers across snapshots: a service that takes the address
+    # must still be answered from the cluster at once.
+    cluster = tmp_path / "cluster.yaml"
+    namespace = "kind: Namespace\nmetadata: {name: default}\n"
+    cluster.write_text(namespace, encoding="utf-8")
+    server = forwarding(make_server, upstream.address, source=SourceSpec("file", (cluster,)),
+                        fallthrough=frozenset({"in-addr.arpa"}), poll_interval=0.1)
+    for _ in range(3):
+        assert rrset_texts(server.ask("4.3.2.1.in-addr.arpa", "PTR")) == [
+            "4.3.2.1.in-addr.arpa. 300 IN PTR host.example.com."]
+    cluster.write_text(namespace + "---\nkind: Service\nmetadata: {name: db, namespace: "
+                       "default}\nspec: {clusterIP: 1.2.3.4, ports: [{port: 80}]}\n",
+                       encoding="utf-8")
+    wait_until(lambda: addresses(server.ask("db.default.svc.cluster.local")) == ["1.2.3.4"], 5)
+    assert rrset_texts(server.ask("4.3.2.1.in-addr.arpa", "PTR")) == [
+        "4.3.2.1.in-addr.arpa. 5 IN PTR db.default.svc.cluster.local."]
+    assert upstream.count("4.3.2.1.in-addr.arpa", "PTR") == 1
 
 
 def test_s5_a_sidecar_watching_one_namespace_falls_through_to_the_cluster_dns_for_others(
