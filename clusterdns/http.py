@@ -19,15 +19,13 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import CollectorRegistry
 
 from clusterdns.config import Config, ListenAddr
-
-if TYPE_CHECKING:
-    from clusterdns.app import App
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +33,33 @@ ENDPOINTS = ("health", "ready", "metrics")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def readiness(app: App) -> tuple[bool, str]:
+class Listing(Protocol):
+    """A source that lists kinds before it is in sync (``KubeSource``)."""
+
+    def missing(self) -> list[str]:
+        """The kinds not listed yet."""
+        ...
+
+
+class Served(Protocol):
+    """What the endpoints read of the app they serve (``clusterdns.app.App``).
+
+    A protocol rather than the class, so that this module stays below ``app``, which
+    builds the endpoints, instead of importing it back.
+    """
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def draining(self) -> bool: ...
+    @property
+    def kube(self) -> Listing | None: ...
+    @property
+    def registry(self) -> CollectorRegistry: ...
+    def ready(self) -> bool: ...
+
+
+def readiness(app: Served) -> tuple[bool, str]:
     """(ready, why) for ``/ready``."""
     if app.draining:
         return False, "draining"
@@ -110,7 +134,7 @@ class HttpSites:
 class HttpEndpoints(HttpSites):
     """The endpoints of one serving process, answered from its ``App``."""
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: Served) -> None:
         self.app = app
         super().__init__(app.config, {"health": self._health, "ready": self._ready,
                                       "metrics": self._metrics})

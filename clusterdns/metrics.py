@@ -30,7 +30,7 @@ import math
 import time
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -45,9 +45,13 @@ from clusterdns import __version__, names
 from clusterdns.forward import ForwardStats
 
 if TYPE_CHECKING:
-    from clusterdns.app import App
+    from clusterdns.config import Config
     from clusterdns.fastpath import CellKey, HitCounts
     from clusterdns.forward import Forwarder
+    from clusterdns.handler import Handler
+    from clusterdns.server import DNSServer
+    from clusterdns.snapshot import SnapshotRef
+    from clusterdns.source.kube import KubeSource
 
 TIME_BUCKETS = tuple(0.00025 * 2.0 ** i for i in range(16))  # 0.25 ms .. 8.192 s
 SIZE_BUCKETS = (0.0, 100.0, 200.0, 300.0, 400.0, 511.0, 1023.0, 2047.0, 4095.0, 8291.0,
@@ -293,10 +297,39 @@ def _label_aligned(query: bytes, offset: int) -> bool:
 # --------------------------------------------------------------------------- collector
 
 
+class Observed(Protocol):
+    """What the collector reads of the app it reports on (``clusterdns.app.App``).
+
+    A protocol rather than the class, so that this module stays below ``app``, which
+    builds the registry, instead of importing it back.
+    """
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def server(self) -> DNSServer: ...
+    @property
+    def handler(self) -> Handler: ...
+    @property
+    def forwarder(self) -> Forwarder | None: ...
+    @property
+    def forward_durations(self) -> ForwardDurations: ...
+    @property
+    def ref(self) -> SnapshotRef: ...
+    @property
+    def kube(self) -> KubeSource | None: ...
+    @property
+    def sync_duration(self) -> float | None: ...
+    @property
+    def gc_pauses(self) -> GcPauses: ...
+    @property
+    def latency(self) -> Latency: ...
+
+
 class AppCollector(Collector):
     """Every metric family, built from plain counters at scrape time."""
 
-    def __init__(self, app: App, queries: QueryMetrics | None) -> None:
+    def __init__(self, app: Observed, queries: QueryMetrics | None) -> None:
         self.app = app
         self.queries = queries
 
@@ -542,7 +575,7 @@ class GcPauses:
             gc.callbacks.remove(self)
 
 
-def new_registry(app: App, queries: QueryMetrics | None) -> CollectorRegistry:
+def new_registry(app: Observed, queries: QueryMetrics | None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(AppCollector(app, queries))
     return registry
