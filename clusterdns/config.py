@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -138,6 +139,17 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
+def _list_keys() -> frozenset[str]:
+    """The Config fields that hold several values (tuples and sets), by their types."""
+    hints = typing.get_type_hints(Config)
+    return frozenset(f.name for f in dataclasses.fields(Config)
+                     if typing.get_origin(hints[f.name]) in (tuple, list, frozenset, set))
+
+
+# YAML keys whose value is a list; a single string there is a list of that one string.
+LIST_KEYS = _list_keys()
+
+
 # ---------------------------------------------------------------------- parsing helpers
 
 
@@ -221,9 +233,12 @@ def parse_pods(text: str, where: str = "", key: str = "pods") -> PodsMode:
 
 
 def parse_namespaces(value: Any, where: str = "", key: str = "namespaces") -> frozenset[str]:
-    items = value.split(",") if isinstance(value, str) else value
+    """A list of namespace names, or ``NS[,NS...]`` (also as a list item)."""
+    items = [value] if isinstance(value, str) else value
     if not isinstance(items, list | tuple):
         raise ConfigError(where, key, "expected a list of namespace names")
+    items = [part for item in items
+             for part in (item.split(",") if isinstance(item, str) else [item])]
     out = set()
     for item in items:
         if not isinstance(item, str) or not names.is_dns_label(item.strip().lower()):
@@ -266,8 +281,6 @@ def _choice(value: Any, where: str, key: str, choices: tuple[str, ...]) -> str:
 
 
 def _list(value: Any, where: str, key: str) -> list[Any]:
-    if isinstance(value, str):
-        return [value]
     if not isinstance(value, list) or not value:
         raise ConfigError(where, key, "expected a non-empty list")
     return value
@@ -341,6 +354,10 @@ def from_mapping(data: Any, where: str = "", base: Path | None = None) -> Config
     for key, value in data.items():
         if key not in options:
             raise ConfigError(where, str(key), f"unknown option (known: {', '.join(options)})")
+        if key in LIST_KEYS and isinstance(value, str):
+            # ``upstreams: /etc/resolv.conf`` is a list of one (not of its characters);
+            # an empty string is an empty list.
+            value = [value] if value.strip() else []
         changes[key] = options[key](value)
     return Config(origin=where).replace(**changes)
 
@@ -355,7 +372,22 @@ def load(path: Path) -> Config:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ConfigError(where, "(syntax)", f"not valid YAML{at}") from None
+        raise ConfigError(where, "(syntax)", yaml_problem(exc)) from None
     return from_mapping(data, where, base=path.parent)
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error as one line: where, what is wrong, and in what it was found, e.g.
+    ``not valid YAML at line 2, column 6: mapping values are not allowed here``."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return f"not valid YAML: {exc}"
+    mark = exc.problem_mark or exc.context_mark
+    at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = exc.problem or exc.context or "unreadable"
+    text = f"not valid YAML{at}: {problem}"
+    if exc.problem and exc.context:
+        cmark = exc.context_mark
+        text += f" ({exc.context}" + (f" at line {cmark.line + 1}" if cmark is not None
+                                        and mark is not None and cmark.line != mark.line
+                                        else "") + ")"
+    return text
