@@ -90,10 +90,11 @@ def parser() -> argparse.ArgumentParser:
     _common(records)
     check = sub.add_parser("check-config", help="validate a config file and its source")
     check.add_argument("file", type=Path,
-                       help="YAML config, or a Corefile when its name starts with "
-                            "'Corefile' or --corefile is given")
+                       help="YAML config, or a Corefile: when its name starts with "
+                            "'Corefile', its first line opens a server block ('.:53 {') "
+                            "or --corefile is given")
     check.add_argument("--corefile", action="store_true",
-                       help="read FILE as a CoreDNS Corefile whatever its name")
+                       help="read FILE as a CoreDNS Corefile whatever its name and content")
     check.add_argument("--log-level", default="warning",
                        choices=["debug", "info", "warning", "error"])
     return p
@@ -198,7 +199,14 @@ def _check(path: Path, is_corefile: bool = False) -> int:
         for warning in warnings:
             print(f"warning: {warning}", file=sys.stderr)
     else:
-        cfg = config.load(path)
+        try:
+            cfg = config.load(path)
+        except ConfigError as exc:
+            if exc.key not in ("(syntax)", "(top level)") or path.suffix in (".yaml", ".yml"):
+                raise
+            raise ConfigError(exc.where, exc.key, f"{exc.problem} (if it is a Corefile: "
+                                                  f"clusterdns check-config --corefile "
+                                                  f"{path})") from None
     summary = (f"{path}: ok: zones {', '.join(cfg.zones)}; source {cfg.source}; "
                f"listen {', '.join(str(a) for a in cfg.listen)}")
     if cfg.source.kind == "file":

@@ -40,9 +40,33 @@ CACHE_CAPACITY = 9984  # CoreDNS's default per cache (success and denial)
 CACHE_MIN_TTL = 5  # CoreDNS's default minimum TTL of both caches
 
 
+# A server block's opening line: one or more keys (``.:53``, ``cluster.local:53``,
+# ``dns://.:53``, ``10.0.0.0/8``), separated by spaces or commas, then ``{``. A YAML key
+# ends with ':' and a YAML list item starts with '-', so neither matches.
+_SERVER_KEY = r"(?:dns://)?[\w.\-*\[\]/]*[\w.*\]](?::\d+)?"
+_SERVER_BLOCK_LINE = re.compile(rf"{_SERVER_KEY}(?:[\s,]+{_SERVER_KEY})*\s*\{{\s*(?:#.*)?")
+
+
 def looks_like_corefile(path: Path) -> bool:
-    """Whether a config file is a Corefile by its name (``Corefile``, ``Corefile.kind``)."""
-    return path.name.startswith("Corefile")
+    """Whether a config file is a Corefile: by its name (``Corefile``, ``Corefile.kind``)
+    or, whatever its name, by its first line that is not blank or a comment opening a
+    server block (``.:53 {``, ``cluster.local:53 {``)."""
+    if path.name.startswith("Corefile"):
+        return True
+    try:
+        with path.open(encoding="utf-8", errors="replace") as file:
+            for line in file:
+                text = line.strip()
+                if text and not text.startswith("#"):
+                    return is_server_block_line(text)
+    except OSError:
+        return False  # the YAML loader says why it cannot be read
+    return False
+
+
+def is_server_block_line(line: str) -> bool:
+    """Whether one line of text opens a Corefile server block (``.:53 {``)."""
+    return _SERVER_BLOCK_LINE.fullmatch(line.strip()) is not None
 
 
 def load(path: Path) -> tuple[Config, list[str]]:

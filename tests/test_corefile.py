@@ -377,12 +377,48 @@ def test_check_config_reads_a_file_named_corefile_as_a_corefile_and_prints_warni
 
 def test_check_config_with_the_corefile_flag_reads_any_name_as_a_corefile(
         tmp_path: Path) -> None:
+    # A single server block without braces: neither its name nor its first line says
+    # Corefile, so it is read as YAML, and the error says how to check it as a Corefile.
     path = tmp_path / "dns.conf"
-    path.write_text(minimal(), encoding="utf-8")
-    assert run("check-config", str(path)).returncode == 2  # not YAML config
+    path.write_text(".:53\nkubernetes cluster.local\n", encoding="utf-8")
+    result = run("check-config", str(path))
+    assert result.returncode == 2
+    assert f"check-config --corefile {path}" in result.stderr
+    assert "Traceback" not in result.stderr
     result = run("check-config", "--corefile", str(path))
     assert result.returncode == 0, result.stderr
     assert "zones cluster.local" in result.stdout
+
+
+@pytest.mark.parametrize("first_line", [".:53 {", "cluster.local:53 {", ". {",
+                                        "dns://.:53 {", "cluster.local:53 in-addr.arpa:53 {"])
+def test_check_config_recognises_a_corefile_by_its_server_block_whatever_its_name(
+        tmp_path: Path, first_line: str) -> None:
+    path = tmp_path / "coredns.conf"
+    path.write_text(f"# rendered by kubeadm\n\n{first_line}\n    errors\n"
+                    "    kubernetes cluster.local\n}\n", encoding="utf-8")
+    result = run("check-config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{path}: ok: zones cluster.local; source kubernetes; "
+                                    "listen 0.0.0.0:53, [::]:53"), result.stdout
+
+
+def test_check_config_recognises_kubeadms_corefile_under_another_name(tmp_path: Path) -> None:
+    path = tmp_path / "kubeadm-dns.txt"
+    shutil.copy(DATA / "Corefile.kubeadm-classic", path)
+    result = run("check-config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{path}: ok: zones cluster.local, in-addr.arpa, "
+                                    "ip6.arpa; source kubernetes"), result.stdout
+
+
+@pytest.mark.parametrize("first_line", ["ttl: 5", "zones: [cluster.local]", "listen: {",
+                                        "- .:53 {", "{ttl: 5}", "---", ".:53"])
+def test_a_file_whose_first_line_opens_no_server_block_is_not_taken_for_a_corefile(
+        tmp_path: Path, first_line: str) -> None:
+    path = tmp_path / "clusterdns.yaml"
+    path.write_text(f"# comment\n{first_line}\n", encoding="utf-8")
+    assert not corefile.looks_like_corefile(path)
 
 
 def test_check_config_on_a_broken_corefile_exits_2_naming_the_file_and_line(
