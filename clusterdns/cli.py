@@ -28,30 +28,45 @@ from clusterdns.source.dump import SourceError, load_files
 log = logging.getLogger("clusterdns")
 
 
+# The built-in defaults, shown in --help; a config file or Corefile overrides them.
+_D = Config()
+_DEFAULTS_NOTE = ("Defaults shown are the built-in ones: a --config or --corefile file "
+                  "overrides them, and flags override the file.")
+_LOG_LEVELS = ["debug", "info", "warning", "error"]
+
+
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, help="YAML config file (flags override it)")
+    p.add_argument("--config", type=Path, metavar="FILE",
+                   help="YAML config file (flags override it)")
     p.add_argument("--corefile", type=Path, metavar="FILE",
                    help="CoreDNS Corefile to read instead of a YAML config (the subset "
                         "kubeadm/kind render; flags override it)")
-    p.add_argument("--source", help="file:PATH[,PATH...] or kubernetes")
+    p.add_argument("--source", metavar="file:PATH[,PATH...]|kubernetes",
+                   help=f"where the objects come from: dump files or the API server "
+                        f"(default: {_D.source})")
     p.add_argument("--zone", action="append", default=None, metavar="ZONE",
-                   help="zone to serve (repeat; the first forward zone is the cluster domain)")
-    p.add_argument("--ttl", type=int, help="TTL of every record (default 5)")
+                   help="zone to serve (repeat; the first forward zone is the cluster "
+                        f"domain) (default: {', '.join(_D.zones)})")
+    p.add_argument("--ttl", type=int, metavar="SECONDS",
+                   help=f"TTL of every record (default: {_D.ttl})")
     p.add_argument("--pods", choices=[m.value for m in config.PodsMode],
-                   help="pod records: disabled (default), insecure or verified")
-    p.add_argument("--namespaces", metavar="NS[,NS...]", help="expose only these namespaces")
+                   help=f"pod records (default: {_D.pods.value})")
+    p.add_argument("--namespaces", metavar="NS[,NS...]",
+                   help="expose only these namespaces (default: every namespace)")
     p.add_argument("--endpoint-pod-names", action="store_true", default=None,
-                   help="name endpoints without a hostname after their pod")
+                   help="name endpoints without a hostname after their pod (default: off)")
     p.add_argument("--ignore-empty-service", action="store_true", default=None,
-                   help="services without ready endpoints answer NXDOMAIN")
+                   help="services without ready endpoints answer NXDOMAIN (default: off)")
     p.add_argument("--kubeconfig", metavar="PATH",
                    help="kubeconfig for --source kubernetes (default: $KUBECONFIG, "
                         "~/.kube/config, then the in-cluster service account)")
-    p.add_argument("--context", help="kubeconfig context (default: the current one)")
+    p.add_argument("--context", metavar="NAME",
+                   help="kubeconfig context (default: the current one)")
     p.add_argument("--labels", metavar="SELECTOR",
-                   help="serve only services matching this label selector")
-    p.add_argument("--log-level", default="info",
-                   choices=["debug", "info", "warning", "error"])
+                   help="serve only services matching this label selector "
+                        "(default: every service)")
+    p.add_argument("--log-level", default="info", choices=_LOG_LEVELS,
+                   help="log messages of this level and above (default: %(default)s)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -61,42 +76,51 @@ def parser() -> argparse.ArgumentParser:
                "--corefile FILE'.")
     p.add_argument("--version", action="version", version=f"clusterdns {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="answer DNS queries")
+    serve = sub.add_parser("serve", help="answer DNS queries",
+                           description=f"Answer DNS queries. {_DEFAULTS_NOTE}")
     _common(serve)
     serve.add_argument("--listen", action="append", default=None, metavar="HOST:PORT",
-                       help="address to serve UDP and TCP on (repeat; [::1]:53 for IPv6)")
+                       help="address to serve UDP and TCP on (repeat; [::1]:53 for IPv6) "
+                            f"(default: {', '.join(str(a) for a in _D.listen)})")
     serve.add_argument("--upstream", action="append", default=None, metavar="ADDR|FILE",
                        help="forward other names here: IP[:PORT] or a resolv.conf path "
-                            "(repeat)")
+                            "(repeat) (default: none; other names are REFUSED)")
     serve.add_argument("--fallthrough", action="append", default=None, metavar="ZONE",
                        help="ask the upstreams instead of answering NXDOMAIN for names "
-                            "in this zone (repeat)")
-    for name, default in (("health", ":8080"), ("ready", ":8181"), ("metrics", ":9153")):
+                            "in this zone (repeat) (default: none)")
+    for name, default in (("health", _D.health), ("ready", _D.ready),
+                          ("metrics", _D.metrics)):
         serve.add_argument(f"--{name}", metavar="ADDR",
-                           help=f"HTTP /{name} address (default {default}; empty: off)")
+                           help=f"HTTP /{name} address; empty: off (default: {default})")
     serve.add_argument("--lameduck", type=float, metavar="SECONDS",
-                       help="keep answering this long after SIGTERM (default 5)")
+                       help=f"keep answering this long after SIGTERM (default: "
+                            f"{_D.lameduck:g})")
     serve.add_argument("--log-queries", action="store_true", default=None,
-                       help="log every query (CoreDNS log format) to stdout")
+                       help="log every query (CoreDNS log format) to stdout (default: off)")
     serve.add_argument("--workers", type=int, metavar="N",
                        help="worker processes sharing the DNS port with SO_REUSEPORT, each "
-                            "with its own source and snapshot (default 1)")
+                            f"with its own source and snapshot (default: {_D.workers})")
     # Set by the supervisor on the worker processes it starts (clusterdns.workers).
     serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--worker-pipe", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--worker-listen", action="append", default=None,
                        help=argparse.SUPPRESS)
-    records = sub.add_parser("records", help="print every record served, as master-file text")
+    records = sub.add_parser("records", help="print every record served, as master-file text",
+                             description="Print every record served, as master-file text. "
+                                         f"{_DEFAULTS_NOTE}")
     _common(records)
-    check = sub.add_parser("check-config", help="validate a config file and its source")
+    check = sub.add_parser("check-config", help="validate a config file and its source",
+                           description="Validate a config file (YAML or Corefile) and load "
+                                       "its file source, if it has one.")
     check.add_argument("file", type=Path,
                        help="YAML config, or a Corefile: when its name starts with "
                             "'Corefile', its first line opens a server block ('.:53 {') "
                             "or --corefile is given")
     check.add_argument("--corefile", action="store_true",
-                       help="read FILE as a CoreDNS Corefile whatever its name and content")
-    check.add_argument("--log-level", default="warning",
-                       choices=["debug", "info", "warning", "error"])
+                       help="read FILE as a CoreDNS Corefile whatever its name and content "
+                            "(default: off, decided by FILE's name and first line)")
+    check.add_argument("--log-level", default="warning", choices=_LOG_LEVELS,
+                       help="log messages of this level and above (default: %(default)s)")
     return p
 
 
