@@ -10,8 +10,11 @@ in a live-source test points at clusterdns, not at the fake.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import shlex
+import shutil
 import ssl
 import subprocess
 import sys
@@ -718,9 +721,11 @@ def test_write_kubeconfig_for_plain_http_loads_with_the_client(
         assert len(client.CoreV1Api(api).list_namespace().items) == 5
 
 
-def test_the_command_line_serves_a_dump_and_writes_a_kubeconfig(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def fakekube_command(kubeconfig: Path) -> Iterator[str]:
+    """``python -m tests.fakekube`` serving the demo dump; yields what it printed up to
+    its "Ctrl-C to stop." line, and checks that it exits 0 on SIGTERM."""
     port = free_port()
-    kubeconfig = tmp_path / "fk.kubeconfig"
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.fakekube", "--load", str(DEMO_CLUSTER),
          "--port", str(port), "--kubeconfig", str(kubeconfig)],
@@ -739,13 +744,78 @@ def test_the_command_line_serves_a_dump_and_writes_a_kubeconfig(tmp_path: Path) 
                 break
         text = "".join(lines)
         assert f"http://127.0.0.1:{port}" in text, text
-        assert "clusterdns serve --source kubernetes --kubeconfig" in text
-        api = config.new_client_from_config(config_file=str(kubeconfig))
-        with api:
-            assert len(client.CoreV1Api(api).list_service_for_all_namespaces().items) == 12
+        yield text
     finally:
         proc.terminate()
         code = proc.wait(timeout=10)
         if proc.stdout is not None:
             proc.stdout.close()
     assert code == 0
+
+
+def test_the_command_line_serves_a_dump_and_writes_a_kubeconfig(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "fk.kubeconfig"
+    with fakekube_command(kubeconfig) as text:
+        assert "clusterdns serve --source kubernetes --kubeconfig" in text
+        api = config.new_client_from_config(config_file=str(kubeconfig))
+        with api:
+            assert len(client.CoreV1Api(api).list_service_for_all_namespaces().items) == 12
+
+
+# ------------------------------------------------------------------------ kubectl
+
+
+def kubectl(kubeconfig: Path, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real kubectl (CI installs kubernetes-client), with its discovery cache in a
+    fresh HOME so every run asks the fake's discovery documents again."""
+    path = shutil.which("kubectl")
+    assert path is not None, "kubectl is not installed (apt-get install -y kubernetes-client)"
+    env = {**os.environ, "HOME": str(home), "KUBECACHEDIR": str(home / "cache")}
+    env.pop("KUBECONFIG", None)
+    return subprocess.run([path, "--kubeconfig", str(kubeconfig), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=30, check=False, env=env)
+
+
+def test_the_kubectl_command_the_fake_prints_lists_every_service(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "fk.kubeconfig"
+    with fakekube_command(kubeconfig) as text:
+        (hint,) = [line.strip() for line in text.splitlines()
+                   if line.strip().startswith("kubectl ")]
+        args = shlex.split(hint)
+        assert args[:3] == ["kubectl", "--kubeconfig", str(kubeconfig)], hint
+        result = kubectl(kubeconfig, tmp_path, *args[3:])
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines()]
+    assert rows[0][:2] == ["NAMESPACE", "NAME"], result.stdout
+    assert sorted(row[1] for row in rows[1:] if row[0] == "default") == DEFAULT_SERVICES
+    assert ["kube-system", "kube-dns"] in [row[:2] for row in rows[1:]]
+
+
+@pytest.mark.parametrize(("resource", "kind", "count"), [
+    ("svc", "service", 12), ("services", "service", 12), ("ns", "namespace", 5),
+    ("po", "pod", 18), ("endpointslices", "endpointslice.discovery.k8s.io", 11),
+    ("endpointslices.discovery.k8s.io", "endpointslice.discovery.k8s.io", 11),
+])
+def test_kubectl_finds_every_resource_by_its_name_and_short_name(
+        fake: FakeKube, tmp_path: Path, resource: str, kind: str, count: int) -> None:
+    kubeconfig = fake.write_kubeconfig(tmp_path / "kc")
+    result = kubectl(kubeconfig, tmp_path, "get", resource, "-A", "-o", "name")
+    assert result.returncode == 0, result.stderr
+    names = result.stdout.split()
+    assert len(names) == count, names
+    assert all(name.startswith(f"{kind}/") for name in names), names
+
+
+def test_kubectl_reads_one_service_s_field_and_everything_in_a_namespace(
+        fake: FakeKube, tmp_path: Path) -> None:
+    kubeconfig = fake.write_kubeconfig(tmp_path / "kc")
+    one = kubectl(kubeconfig, tmp_path, "get", "svc", "httpenv", "-n", "default",
+                  "-o", "jsonpath={.spec.clusterIP}")
+    assert (one.returncode, one.stdout) == (0, "10.108.189.10"), one.stderr
+    every = kubectl(kubeconfig, tmp_path, "get", "all", "-n", "kube-system", "-o", "name")
+    assert every.returncode == 0, every.stderr
+    assert "service/kube-dns" in every.stdout.split()
+    assert all(name.split("/")[0] in ("service", "pod") for name in every.stdout.split())
+    missing = kubectl(kubeconfig, tmp_path, "get", "svc", "nope", "-n", "default")
+    assert missing.returncode == 1
+    assert 'services "nope" not found' in missing.stderr

@@ -1119,9 +1119,14 @@ class FakeKube:
 
     @staticmethod
     def _resource_list_doc(group_version: str) -> dict[str, Any]:
+        # kubectl finds ``svc`` through shortNames and ``get all`` through categories.
         resources = [{
             "name": r.plural, "singularName": r.kind.lower(), "namespaced": r.namespaced,
             "kind": r.kind, "verbs": ["get", "list", "watch"],
+            **({"shortNames": [short for short, plural in _SHORT_NAMES.items()
+                               if plural == r.plural]}
+               if r.plural in _SHORT_NAMES.values() else {}),
+            **({"categories": ["all"]} if r.kind in ("Service", "Pod") else {}),
         } for r in RESOURCES if r.api_version == group_version]
         return {"kind": "APIResourceList", "apiVersion": "v1",
                 "groupVersion": group_version, "resources": resources}
