@@ -1,7 +1,7 @@
 """The architecture the README and DESIGN describe, checked against the source.
 
-Two rules of the house are about imports, so they can be checked by reading the
-modules with ``ast`` rather than trusting the prose:
+The rules of the house about imports can be checked by reading the modules with
+``ast`` rather than trusting the prose:
 
 - No import cycle inside the package. Every import counts, including those under
   ``if TYPE_CHECKING:`` and those inside functions: a cycle hidden from the interpreter
@@ -10,6 +10,8 @@ modules with ``ast`` rather than trusting the prose:
   handler, store) imports no asyncio, networking or Kubernetes client, directly or
   through the package modules it imports. ``socket`` appears in the core only for its
   address conversions (``inet_pton`` and friends), which open nothing.
+- The ``snapshot`` package is layered as its docstring lists its modules, and the rest
+  of the code reaches it through the package's names.
 """
 
 from __future__ import annotations
@@ -252,3 +254,25 @@ def test_the_cycle_finder_sees_relative_deferred_and_type_checking_imports(
     real = {(e.source, e.target) for e in edges(modules(PACKAGE_DIR))}
     assert ("clusterdns.app", "clusterdns.http") in real  # the real graph is not empty
     assert ("clusterdns.metrics", "clusterdns") in real  # from clusterdns import __version__
+
+
+def test_the_snapshot_package_modules_import_only_those_listed_before_them() -> None:
+    """``clusterdns/snapshot/__init__.py`` lists its modules in layers; code outside the
+    package goes through the package's own names, not its modules."""
+    known = modules(PACKAGE_DIR)
+    layers = ["nodes", "index", "model", "claims", "builder", "ref"]
+    inside = {name.rpartition(".")[2] for name in known if name.startswith("clusterdns.snapshot.")}
+    assert inside == set(layers)
+    problems: list[str] = []
+    for edge in edges(known):
+        source, target = edge.source, edge.target
+        if not target.startswith("clusterdns.snapshot."):
+            continue
+        where = f"{source} imports {target} at line {edge.line}"
+        if source == "clusterdns.snapshot":
+            continue  # the package re-exports its modules' names
+        if not source.startswith("clusterdns.snapshot."):
+            problems.append(where + " (use clusterdns.snapshot)")
+        elif layers.index(target.rpartition(".")[2]) >= layers.index(source.rpartition(".")[2]):
+            problems.append(where + " (a later layer)")
+    assert not problems, "\n".join(problems)
