@@ -1,4 +1,4 @@
-"""The architecture the README and DESIGN describe, checked against the source.
+"""The architecture README.md and docs/architecture.md describe, checked against the source.
 
 The rules of the house about imports can be checked by reading the modules with
 ``ast`` rather than trusting the prose:

@@ -1,4 +1,4 @@
-"""A running server follows edits of its cluster file (SPEC §S6, DESIGN "file source").
+"""A running server follows edits of its cluster file (§S6.6 of docs/contract.md).
 
 Each test serves a temporary copy of a small cluster and edits it while a real server
 (polling every 0.1 s) answers over UDP: good edits are served within 2 s with a higher

@@ -1,6 +1,6 @@
 """The live source under API faults: real clusterdns, real ``kubernetes`` client, FakeKube.
 
-Why: DESIGN.md promises that the watch loops "never lie, never give up": a clean watch
+Why: the live source never lies and never gives up (docs/architecture.md): a clean watch
 end resumes from the last resourceVersion without a relist, a broken or silent stream is
 noticed and resumed without losing an event, 410 relists once, an outage keeps the last
 answers and backs off (but catches up within two seconds of the API server's return),

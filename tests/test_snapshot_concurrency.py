@@ -1,8 +1,9 @@
 """One snapshot per reply: queries racing many publishes a second never see a torn state.
 
-DESIGN: "One snapshot reference is the only shared mutable state. Readers never lock.
-A writer builds a new immutable snapshot and publishes it with a single assignment. A
-query sees one generation, never a half-built one. The SOA serial is the generation."
+The promise of docs/architecture.md: the snapshot reference is the only shared mutable
+state, readers never lock, a writer publishes each new immutable snapshot with a single
+assignment, so a query sees one generation and never a half-built one; the SOA serial is
+the generation.
 
 Generation ``k`` of the test cluster has a headless service ``gen`` whose ready endpoints
 are ``10.k.0.1`` .. ``10.k.0.n(k)`` (so one reply's A records must all share one ``k`` and

@@ -1,7 +1,7 @@
 """The one reference to the snapshot being served, and the one writer of the next.
 
-Why this module exists: it is the only shared mutable state of the server (DESIGN:
-"one snapshot reference"). Readers take ``get()`` once per query and never lock, so each
+Why this module exists: it is the only shared mutable state of the server (see
+docs/architecture.md). Readers take ``get()`` once per query and never lock, so each
 reply sees one generation; writers build the next generation off to the side (keeping
 the ``Builder`` for deltas) and publish it with one reference swap.
 """
