@@ -261,11 +261,13 @@ class App:
         elif self.kube is not None:
             await self.kube.connect()
         await self.server.start([(a.host, a.port) for a in self.config.listen])
-        for host, port in self.server.bound:
-            log.info("listening on %s port %d (udp and tcp)", host, port)
         if self.forwarder is not None:  # needs our bound addresses to skip ourselves
             await self.forwarder.start(self.server.bound)
         await self.http.start()  # before the first sync, so /ready can say 503
+        # Only now that every socket is bound: a port taken for HTTP must not follow a
+        # line saying that the server listens.
+        for host, port in self.server.bound:
+            log.info("listening on %s port %d (udp and tcp)", host, port)
         if self.file is not None:
             self.file.store.take_changes()  # what the first build covers
             snap = self.publish(self.file.cluster(), self.file.store)

@@ -25,6 +25,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from clusterdns.binding import bind_or_explain
 from clusterdns.config import Config, ListenAddr
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,10 @@ class HttpSites:
         return sites
 
     async def start(self) -> None:
-        """Bind every site; raises OSError (with nothing left bound) if one cannot."""
+        """Bind every site; raises OSError (``BindError`` saying which endpoint and
+        address) with nothing left bound if one cannot. Logs where each one serves once
+        all are bound."""
+        serving: list[tuple[str, ListenAddr]] = []
         try:
             for addr, paths in self.plan():
                 webapp = web.Application()
@@ -113,17 +117,19 @@ class HttpSites:
                                        shutdown_timeout=1.0)
                 await runner.setup()
                 self._runners.append(runner)
-                sock = bind(addr)
+                what = " and ".join(f"/{p}" for p in paths)
+                sock = bind(addr, f"HTTP {what}", " or ".join(f"--{p}" for p in paths))
                 site = web.SockSite(runner, sock)
                 await site.start()
                 host, port = sock.getsockname()[:2]
                 for path in paths:
                     self.bound[path] = (host, port)
-                log.info("serving HTTP %s on %s%s", " and ".join(f"/{p}" for p in paths),
-                         ListenAddr(host, port), self.note)
+                serving.append((what, ListenAddr(host, port)))
         except BaseException:
             await self.close()
             raise
+        for what, where in serving:
+            log.info("serving HTTP %s on %s%s", what, where, self.note)
 
     async def close(self) -> None:
         runners, self._runners = self._runners, []
@@ -152,8 +158,9 @@ class HttpEndpoints(HttpSites):
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def bind(addr: ListenAddr) -> socket.socket:
-    """A listening, non-blocking TCP socket on ``addr`` (dual-stack only for ``::``)."""
+def bind(addr: ListenAddr, role: str = "HTTP", setting: str = "") -> socket.socket:
+    """A listening, non-blocking TCP socket on ``addr`` (dual-stack only for ``::``);
+    ``BindError`` names ``role`` and ``setting`` (the flag choosing the address)."""
     family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -161,7 +168,7 @@ def bind(addr: ListenAddr) -> socket.socket:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if addr.host == "::"
                             else 1)
-        sock.bind((addr.host, addr.port))
+        bind_or_explain(sock, addr.host, addr.port, role, setting)
         sock.listen(128)
         sock.setblocking(False)
     except BaseException:

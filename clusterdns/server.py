@@ -30,6 +30,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
+from clusterdns.binding import bind_or_explain
+
 log = logging.getLogger(__name__)
 
 Reply = bytes | None
@@ -111,8 +113,8 @@ class DNSServer:
     async def start(self, listen: Sequence[tuple[str, int]]) -> None:
         """Bind UDP and TCP on every (IP literal, port); port 0 picks one free port for both.
 
-        Raises OSError (ValueError for a host that is not an IP literal) with nothing
-        left bound.
+        Raises OSError (``BindError`` naming the address and protocol when one cannot be
+        bound; ValueError for a host that is not an IP literal) with nothing left bound.
         """
         if self._started:
             raise RuntimeError("DNSServer.start() may only be called once")
@@ -250,7 +252,7 @@ def _bound_socket(
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, socket_buffer)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
+        bind_or_explain(sock, host, port, "DNS", "--listen")
     except BaseException:
         sock.close()
         raise

@@ -331,17 +331,20 @@ class Supervisor:
         self._session = aiohttp.ClientSession()
         try:
             self.listen = pick_ports(self.config.listen)
+            # HTTP first: a taken HTTP port then fails the start before any worker has
+            # bound (and logged) the DNS port. /ready says 503 until every worker is up.
+            await self.http.start()
             for worker in self.workers:
                 await self._spawn(worker)
             for worker in self.workers:
                 code = await self._started(worker)
                 if code is not None and not self.draining:
-                    log.error("worker %d failed to start (%s); stopping", worker.index,
-                              describe_exit(code))
+                    log.error("worker %d failed to start (%s; its reason is logged above, "
+                              "marked [worker %d]); stopping", worker.index,
+                              describe_exit(code), worker.index)
                     await self._stop_all()
                     return code if code > 0 else 2
             if not self.draining:
-                await self.http.start()
                 log.info("%d workers serving %s", len(self.workers),
                          ", ".join(str(a) for a in self.listen))
             codes = await asyncio.gather(*(self._keep(w) for w in self.workers))
