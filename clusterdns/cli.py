@@ -188,12 +188,11 @@ def _records(cfg: Config) -> int:
             log.warning("%s", warning)
         cluster = result.cluster
     else:
-        from clusterdns.source.kube import ApiError, KubeSource
+        from clusterdns.source.kube import KubeSource
 
-        try:
-            cluster = asyncio.run(KubeSource(cfg).list_once())
-        except ApiError as exc:
-            raise KubeSourceError(f"cannot list from the API server: {exc}") from None
+        # Its errors (no kubeconfig, a bad one, an API server that cannot be reached or
+        # refuses) are one-line KubeSourceErrors naming the file or the server: exit 2.
+        cluster = asyncio.run(KubeSource(cfg).list_once())
     snap = snapshot.build(cluster, cfg, serial=1)
     out = sys.stdout
     out.write(f"; clusterdns {__version__}: every record served from {cfg.source}\n")
@@ -240,6 +239,10 @@ def _check(path: Path, is_corefile: bool = False) -> int:
         c = result.cluster
         summary += (f"; {len(c.namespaces)} namespaces, {len(c.services)} services, "
                     f"{len(c.endpoint_slices)} endpoint slices, {len(c.pods)} pods")
+    else:  # the kubeconfig (or in-cluster config) serve would use, loaded, not dialled
+        from clusterdns.source.kube import KubeSource
+
+        summary += "; " + asyncio.run(KubeSource(cfg).check())
     print(summary)
     return 0
 

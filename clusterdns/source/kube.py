@@ -9,7 +9,10 @@ relist; 410 Gone relists; other failures back off exponentially with jitter (cap
 about a second for the first minute of an outage, so DNS catches up within two seconds
 of the API server coming back, and at five seconds for a kind that has not listed yet,
 so a granted RBAC rule makes the server ready within seconds), honouring
-``Retry-After``; 403 is logged once with the RBAC rule that is missing.
+``Retry-After``; 403 is logged once with the RBAC rule that is missing. An outage is
+told in the log when it begins, every ``outage_report`` seconds while it lasts, and when
+it ends (``Outage``). A kubeconfig that cannot be used is one line naming the file and
+the problem (``check_kubeconfig``), never the client library's traceback.
 
 Silence is noticed: a watch asks to be ended well within ``watch_silence`` (60 s), so
 one that brings nothing for that long (no event, no bookmark, no end) is stuck and is
@@ -43,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yaml
 from kubernetes.aio import client as kclient
 from kubernetes.aio import config as kconfig
 from kubernetes.aio.config.incluster_config import InClusterConfigLoader
@@ -114,6 +118,9 @@ class Tuning:
     keepalive_idle: int = 15
     keepalive_interval: int = 5
     keepalive_count: int = 3
+    # While the API server is unavailable, a summary line at most this often (at the
+    # next failed attempt once this much time has passed).
+    outage_report: float = 30.0
 
 
 # A watch asks the API server to end it after at most this share of the silence limit
@@ -286,6 +293,187 @@ def _key_text(key: Key | None) -> str:
     return f"{key[0]}/{key[1]}" if key[0] else key[1]
 
 
+def error_text(exc: BaseException) -> str:
+    """An exception as one line: its type and what it says."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"the answer is not JSON ({exc.msg}): is this an API server?"
+    text = " ".join(str(exc).split())
+    cause = getattr(exc, "os_error", None)  # aiohttp's ClientConnectorError
+    if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(cause, OSError) and \
+            cause.errno:
+        return f"cannot connect to {exc.host}:{exc.port}: {os.strerror(cause.errno).lower()}"
+    if isinstance(exc, TimeoutError) and not text:
+        return "timed out"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _clock_time(seconds_ago: float) -> str:
+    """The wall-clock time (HH:MM:SS, as the log lines show it) ``seconds_ago``."""
+    return time.strftime("%H:%M:%S", time.localtime(time.time() - seconds_ago))
+
+
+class Outage:
+    """Tells the log when the API server is lost, how it goes while it lasts, and when
+    it is back.
+
+    Each reflector reports its failed attempts (connections, timeouts, 5xx and 429;
+    not 403, which is logged on its own, nor 410 and its kin, which are answers), when
+    the API server answers it again (a list, or a watch that started), and when it works
+    again (a list, or a watch that brought its first line or ended cleanly: a watch from
+    a compacted resourceVersion starts, then says 410 and relists). The outage begins
+    with the first failure and is announced once a reflector's retry has failed too (a
+    single dropped stream that resumes at once stays a one-line blip); while it lasts a
+    summary is logged at most every ``outage_report`` seconds, at a failed attempt; it
+    ends when every reflector that failed works again, with a line saying how long the
+    API server was away and how each reflector came back: resumed its watch, or
+    relisted.
+    """
+
+    def __init__(self, source: KubeSource) -> None:
+        self.source = source
+        self.failing: dict[str, int] = {}  # reflector name -> failures in a row
+        self.attempts: Counter[str] = Counter()  # failed attempts in this outage
+        self.began: float | None = None  # clock time of its first failure
+        self.back: float | None = None  # clock time the API server last answered again
+        self.announced = False
+        self.reported = 0.0  # clock time of the last line about it
+        self.last_error = ""
+        self.came_back: dict[str, str] = {}  # reflector name -> how it came back
+
+    def failed(self, reflector: Reflector, error: str) -> None:
+        now = self.source.clock()
+        if self.began is None:
+            self.began = now
+        self.failing[reflector.name] = self.failing.get(reflector.name, 0) + 1
+        self.attempts[reflector.name] += 1
+        self.came_back.pop(reflector.name, None)
+        self.last_error = f"{reflector.name}: {error}"
+        if not self.announced:
+            if self.failing[reflector.name] >= 2:
+                self.announced = True
+                self.reported = now
+                log.warning("API server at %s unavailable since %s (%s); %s; retrying, "
+                            "with a summary every %g s until it is back",
+                            self.source.server, _clock_time(now - self.began),
+                            self.last_error, self.source.serving(),
+                            self.source.tuning.outage_report)
+        elif now - self.reported >= self.source.tuning.outage_report:
+            self.reported = now
+            log.warning("API server at %s still unavailable after %.0f s: %d failed "
+                        "attempts (%s), last error: %s; %s", self.source.server,
+                        now - self.began, self.attempts.total(),
+                        ", ".join(f"{n} {c}" for n, c in sorted(self.attempts.items())),
+                        self.last_error, self.source.serving())
+
+    def answered(self, reflector: Reflector) -> None:
+        """The API server answered ``reflector`` (a list, a watch that started)."""
+        if self.failing.pop(reflector.name, None) is not None:
+            self.back = self.source.clock()
+
+    def recovered(self, reflector: Reflector, how: str) -> None:
+        """``reflector`` works again, as ``how`` says ("relisted", "resumed ...")."""
+        self.answered(reflector)
+        if reflector.name not in self.attempts or reflector.name in self.came_back:
+            return
+        self.came_back[reflector.name] = how
+        if self.failing or any(name not in self.came_back for name in self.attempts):
+            return
+        if self.announced and self.began is not None:
+            back = self.back if self.back is not None else self.source.clock()
+            log.info("API server at %s is back after %.1f s (%d failed attempts): %s",
+                     self.source.server, back - self.began, self.attempts.total(),
+                     ", ".join(f"{n} {h}" for n, h in sorted(self.came_back.items())))
+        self.attempts.clear()
+        self.came_back.clear()
+        self.began = self.back = None
+        self.announced = False
+
+
+KUBECONFIG_LISTS = ("clusters", "contexts", "users")
+
+
+def _describe_value(value: Any) -> str:
+    if isinstance(value, str):
+        return f"a string ({value[:40]!r})"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, bool | int | float):
+        return f"a number ({value!r})"
+    return f"a {type(value).__name__}"
+
+
+def _read_kubeconfig(path: str) -> dict[str, Any]:
+    """One kubeconfig file as a mapping; KubeSourceError (naming the file) otherwise."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise KubeSourceError(f"kubeconfig {path}: cannot read it: "
+                              f"{exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise KubeSourceError(f"kubeconfig {path}: not text (UTF-8)") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f"line {mark.line + 1}, column {mark.column + 1}: "
+        problem = getattr(exc, "problem", None) or str(exc)
+        context = getattr(exc, "context", None)
+        detail = f"{problem} ({context})" if context else problem
+        raise KubeSourceError(f"kubeconfig {path}: not valid YAML: {where}"
+                              f"{' '.join(str(detail).split())}") from None
+    if doc is None:
+        raise KubeSourceError(f"kubeconfig {path}: the file is empty")
+    if not isinstance(doc, dict):
+        raise KubeSourceError(f"kubeconfig {path}: expected a mapping with clusters, "
+                              f"contexts, users and current-context; found "
+                              f"{_describe_value(doc)}")
+    for key in KUBECONFIG_LISTS:
+        entries = doc.get(key)
+        if entries is not None and not (isinstance(entries, list) and all(
+                isinstance(e, dict) and isinstance(e.get("name"), str) for e in entries)):
+            raise KubeSourceError(f"kubeconfig {path}: {key}: expected a list of entries, "
+                                  f"each a mapping with a name; found "
+                                  f"{_describe_value(entries)}")
+    return doc
+
+
+def check_kubeconfig(paths: str, context: str = "", origin: str = "") -> None:
+    """Raise KubeSourceError, one line naming the file and the problem, for what the
+    kubernetes client would fail on with a traceback or a puzzling message: no file, not
+    YAML, not a kubeconfig, no such context.
+
+    ``paths`` is one path or several joined with ``:`` (as ``$KUBECONFIG``; missing ones
+    are skipped, as kubectl does); ``origin`` says where it came from.
+    """
+    files = [os.path.expanduser(p) for p in paths.split(os.pathsep) if p]
+    present = [p for p in files if os.path.exists(p)]
+    if not present:
+        if len(files) == 1:
+            raise KubeSourceError(f"kubeconfig {files[0]}{origin}: no such file")
+        raise KubeSourceError(f"kubeconfig {paths}{origin}: none of these files exists")
+    contexts: list[str] = []
+    current = ""
+    for path in present:
+        doc = _read_kubeconfig(path)
+        contexts += [e["name"] for e in doc.get("contexts") or ()]
+        if "current-context" in doc:  # the last file saying it wins, as the client reads
+            value = doc["current-context"]
+            current = value if isinstance(value, str) else ""
+    where = ", ".join(present)
+    wanted = context or current
+    known = ", ".join(contexts) if contexts else "none"
+    if not wanted:
+        raise KubeSourceError(f"kubeconfig {where}: no current-context (set one with "
+                              f"kubectl config use-context, or pass --context; contexts: "
+                              f"{known})")
+    if wanted not in contexts:
+        how = "--context" if context else "current-context"
+        raise KubeSourceError(f"kubeconfig {where}: {how} {wanted!r} is not one of its "
+                              f"contexts ({known})")
+
+
 class Reflector:
     """List, then watch, one resource in one scope, forever."""
 
@@ -359,9 +547,11 @@ class Reflector:
                                                                 listed=self.synced))
             except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
                 self.restarts["error"] += 1
-                # An outage would otherwise log every attempt: loud at first, then quiet.
-                level = logging.WARNING if self.backoff.failures < 3 else logging.DEBUG
-                log.log(level, "%s: %s: %s; retrying", self.name, type(exc).__name__, exc)
+                # The first failure in a row is logged; the rest of an outage is told by
+                # its announcement, summaries and end (``Outage``).
+                level = logging.WARNING if self.backoff.failures == 0 else logging.DEBUG
+                log.log(level, "%s: %s; retrying", self.name, error_text(exc))
+                self.source.outage.failed(self, error_text(exc))
                 await self.source.sleep(self.backoff.next_delay(listed=self.synced))
 
     def _failed(self, exc: ApiError) -> None:
@@ -374,8 +564,9 @@ class Reflector:
                           "this RBAC rule: {%s} (%s)", self.name, self.resource.plural, scope,
                           self.resource.rbac_rule(), exc)
             return
-        level = logging.WARNING if self.backoff.failures < 3 else logging.DEBUG
+        level = logging.WARNING if self.backoff.failures == 0 else logging.DEBUG
         log.log(level, "%s: %s; backing off", self.name, exc)
+        self.source.outage.failed(self, str(exc))
 
     async def _request(self, request_timeout: float, query: dict[str, Any]) -> Any:
         """One API request; its (aiohttp) response when the status is 200."""
@@ -441,6 +632,7 @@ class Reflector:
         if self.source.store.replace(self.resource.kind, objs, self.namespace):
             self.source.note_change(None)
         self.backoff.reset()
+        self.source.outage.recovered(self, "relisted" if self.synced else "listed")
         self._forbidden_logged = False  # a later loss of the permission is news again
         self.last_contact = self.source.clock()
         if not self.synced:
@@ -510,6 +702,8 @@ class Reflector:
             "timeoutSeconds": max(1, int(timeout))})
         self._keepalive(response)
         self.backoff.reset()
+        self.source.outage.answered(self)
+        resumed = f"resumed its watch at resourceVersion {self.rv}"
         self.last_contact = self.source.clock()
         heard = False
         try:
@@ -527,10 +721,13 @@ class Reflector:
                     return heard
                 if not line:
                     self.restarts["watch_end"] += 1
+                    self.source.outage.recovered(self, resumed)
                     return heard
                 if line.strip():
-                    heard = True
                     self._event(json.loads(line))
+                    if not heard:  # the watch works (a 410 would have raised)
+                        self.source.outage.recovered(self, resumed)
+                    heard = True
         finally:
             response.close()
 
@@ -606,6 +803,9 @@ class KubeSource:
         self._changed: Callable[[], None] = lambda: None
         self._client: Any = None
         self._started = self.clock()
+        self.outage = Outage(self)
+        self.server = "?"  # the API server's URL, once connected
+        self.origin = "?"  # where its address and credentials came from, once connected
 
     def watches(self) -> list[tuple[Kind, str]]:
         """(kind, namespace) pairs to list and watch; "" means every namespace."""
@@ -654,14 +854,26 @@ class KubeSource:
         if self.synced:
             self._changed()
 
+    def counts(self) -> str:
+        """How many objects of each watched kind are held: "12 services, ..."."""
+        return ", ".join(f"{self.store.count(k)} {RESOURCES[k].plural}"
+                         for k in dict.fromkeys(r.resource.kind for r in self.reflectors))
+
+    def serving(self) -> str:
+        """What is answered from while the API server is away, and as of when."""
+        if not self.synced:
+            return ("serving nothing from it yet: not synced, so names in our zones answer "
+                    "SERVFAIL (not listed yet: " + ", ".join(self.missing()) + ")")
+        age = self.data_age()
+        when = f"as of {_clock_time(age)}" if age is not None else "as last listed"
+        return f"serving the last data it gave, {when} ({self.counts()})"
+
     def reflector_synced(self, reflector: Reflector) -> None:
         if self.synced or self.missing():
             return
         self.synced = True
-        counts = ", ".join(f"{self.store.count(k)} {RESOURCES[k].plural}"
-                           for k in dict.fromkeys(r.resource.kind for r in self.reflectors))
         log.info("synced with the API server in %.2f s: %s", self.clock() - self._started,
-                 counts)
+                 self.counts())
         self._changed()
 
     async def connect(self) -> None:
@@ -675,19 +887,38 @@ class KubeSource:
             raise KubeSourceError(
                 "no kubeconfig (pass --kubeconfig, set $KUBECONFIG or create ~/.kube/config) "
                 "and not running in a cluster (KUBERNETES_SERVICE_HOST is not set)")
+        token, ca = self.incluster_files
+        if path:
+            from_env = not self.config.kubeconfig and path == self.environ.get("KUBECONFIG")
+            check_kubeconfig(path, self.config.context, " (from $KUBECONFIG)" if from_env
+                             else "")
+            origin = f"kubeconfig {path}"
+        else:
+            origin = f"the in-cluster service account ({token.parent})"
         try:
             if path:
                 await kconfig.load_kube_config(config_file=path,
                                                context=self.config.context or None,
                                                client_configuration=configuration)
             else:
-                token, ca = self.incluster_files
                 InClusterConfigLoader(token_filename=str(token), cert_filename=str(ca),
                                       environ=self.environ).load_and_set(configuration)
-        except (kconfig.ConfigException, OSError, ValueError, TypeError) as exc:
-            where = f"kubeconfig {path}" if path else "in-cluster config"
-            raise KubeSourceError(f"cannot load {where}: {exc}") from None
+        except Exception as exc:
+            # The client's loader fails on odd files with whatever its code happens to hit
+            # (KeyError, AttributeError...): all of them mean "this config cannot be
+            # used", which is a one-line start error.
+            raise KubeSourceError(f"cannot load {origin}: {error_text(exc)}") from None
+        self.server = str(configuration.host)
+        self.origin = origin + (f", context {self.config.context}" if self.config.context
+                                else "")
         self._client = kclient.ApiClient(configuration=configuration)
+
+    async def check(self) -> str:
+        """Load the config ``connect`` would (KubeSourceError if it cannot), without
+        contacting the API server; where it points, for ``check-config``."""
+        await self.connect()
+        await self.close()
+        return f"API server {self.server} ({self.origin})"
 
     async def close(self) -> None:
         if self._client is not None:
@@ -699,10 +930,23 @@ class KubeSource:
         await self.connect()
         try:
             for reflector in self.reflectors:
-                await reflector.list()
+                try:
+                    await reflector.list()
+                except ApiError as exc:
+                    hint = (f"; it needs this RBAC rule: {{{reflector.resource.rbac_rule()}}}"
+                            if exc.status == 403 else "")
+                    raise KubeSourceError(f"{self._cannot_list(reflector)}: {exc}{hint}"
+                                          ) from None
+                except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+                    raise KubeSourceError(f"{self._cannot_list(reflector)}: "
+                                          f"{error_text(exc)}") from None
         finally:
             await self.close()
         return self.cluster()
+
+    def _cannot_list(self, reflector: Reflector) -> str:
+        return (f"cannot list {reflector.resource.plural} from the API server at "
+                f"{self.server} ({self.origin})")
 
     async def run(self, changed: Callable[[], None]) -> None:
         """Run every reflector until cancelled; ``changed`` is called after sync."""
