@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import shutil
 import signal
 import subprocess
@@ -360,7 +361,10 @@ def test_a_broken_corefile_fails_naming_the_file_the_line_and_the_directive(
 
 
 def run(*args: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "clusterdns", *args], cwd=ROOT,
+    """The command line, with a kubeconfig for Corefiles that give none: check-config
+    loads the kubeconfig of the kubernetes source (without contacting its server)."""
+    env = {**os.environ, "KUBECONFIG": str(DATA / "check.kubeconfig")}
+    return subprocess.run([sys.executable, "-m", "clusterdns", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 
