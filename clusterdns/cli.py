@@ -119,6 +119,10 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("--corefile", action="store_true",
                        help="read FILE as a CoreDNS Corefile whatever its name and content "
                             "(default: off, decided by FILE's name and first line)")
+    check.add_argument("--file-only", action="store_true",
+                       help="check the file alone, without loading the kubeconfig the "
+                            "kubernetes source would use (for a Corefile checked outside "
+                            "the cluster it is meant for) (default: off)")
     check.add_argument("--log-level", default="warning", choices=_LOG_LEVELS,
                        help="log messages of this level and above (default: %(default)s)")
     return p
@@ -216,7 +220,7 @@ def _load_corefile(path: Path) -> Config:
     return cfg
 
 
-def _check(path: Path, is_corefile: bool = False) -> int:
+def _check(path: Path, is_corefile: bool = False, file_only: bool = False) -> int:
     if is_corefile or corefile.looks_like_corefile(path):
         cfg, warnings = corefile.load(path)
         for warning in warnings:
@@ -239,10 +243,16 @@ def _check(path: Path, is_corefile: bool = False) -> int:
         c = result.cluster
         summary += (f"; {len(c.namespaces)} namespaces, {len(c.services)} services, "
                     f"{len(c.endpoint_slices)} endpoint slices, {len(c.pods)} pods")
+    elif file_only:
+        summary += "; kubeconfig not checked (--file-only)"
     else:  # the kubeconfig (or in-cluster config) serve would use, loaded, not dialled
         from clusterdns.source.kube import KubeSource
 
-        summary += "; " + asyncio.run(KubeSource(cfg).check())
+        try:
+            summary += "; " + asyncio.run(KubeSource(cfg).check())
+        except KubeSourceError as exc:
+            raise KubeSourceError(f"{path}: {exc} (to check the file alone: "
+                                  f"clusterdns check-config --file-only {path})") from None
     print(summary)
     return 0
 
@@ -281,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format=f"%(asctime)s %(levelname)s %(name)s{who}: %(message)s")
     try:
         if args.command == "check-config":
-            return _check(args.file, args.corefile)
+            return _check(args.file, args.corefile, args.file_only)
         cfg = build_config(args)
         if args.command == "records":
             return _records(cfg)

@@ -335,16 +335,27 @@ def write_config(tmp_path: Path, kubeconfig: Path) -> Path:
 
 def test_check_config_reports_a_missing_kubeconfig_and_exits_2(tmp_path: Path) -> None:
     kubeconfig = tmp_path / "nowhere.yaml"
-    line = one_line_exit_2(clusterdns("check-config", str(write_config(tmp_path, kubeconfig))))
-    assert line == f"clusterdns: kubeconfig {kubeconfig}: no such file"
+    config = write_config(tmp_path, kubeconfig)
+    line = one_line_exit_2(clusterdns("check-config", str(config)))
+    assert line == (f"clusterdns: {config}: kubeconfig {kubeconfig}: no such file (to check "
+                    f"the file alone: clusterdns check-config --file-only {config})")
+
+
+def test_check_config_file_only_checks_the_file_without_the_kubeconfig(tmp_path: Path) -> None:
+    config = write_config(tmp_path, tmp_path / "nowhere.yaml")
+    result = clusterdns("check-config", "--file-only", str(config))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{config}: ok: ")
+    assert "kubeconfig not checked (--file-only)" in result.stdout
 
 
 def test_check_config_reports_a_malformed_kubeconfig_and_exits_2(tmp_path: Path) -> None:
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text("just a string\n", encoding="utf-8")
-    result = clusterdns("check-config", str(write_config(tmp_path, kubeconfig)))
+    config = write_config(tmp_path, kubeconfig)
+    result = clusterdns("check-config", str(config))
     line = one_line_exit_2(result)
-    assert line.startswith(f"clusterdns: kubeconfig {kubeconfig}: expected a mapping")
+    assert line.startswith(f"clusterdns: {config}: kubeconfig {kubeconfig}: expected a mapping")
     assert result.stdout == ""
 
 
