@@ -21,7 +21,7 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/clusterdns
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY clusterdns ./clusterdns
 # A regular (non-editable) install of the package and its runtime dependencies only;
 # then pip itself goes (nothing installs at run time), and everything is compiled.
