@@ -2,6 +2,9 @@
 #
 #   docker build -t clusterdns:dev .
 #
+# CI builds and runs it with podman on a debootstrapped stand-in for the base image:
+# .ci/image (see the README).
+#
 # - runs as uid/gid 65532 (the "nonroot" user of distroless images, as CoreDNS does);
 # - binds port 53 without root: the interpreter carries the file capability
 #   cap_net_bind_service, which the kubelet's `capabilities: add: [NET_BIND_SERVICE]`
@@ -25,7 +28,14 @@ COPY pyproject.toml README.md LICENSE ./
 COPY clusterdns ./clusterdns
 # A regular (non-editable) install of the package and its runtime dependencies only;
 # then pip itself goes (nothing installs at run time), and everything is compiled.
-RUN /opt/clusterdns/bin/pip install . \
+# Where pip needs settings to reach an index (a mirror, a proxy's CA), give them as
+# build secrets, mounted for this step only and never part of a layer:
+#   --secret id=pipconf,src=pip.conf  (read as /etc/pip.conf)
+#   --secret id=pipcert,src=ca.pem    (for `cert = /run/secrets/pipcert` in that file)
+# Without them pip uses its defaults.
+RUN --mount=type=secret,id=pipconf,target=/etc/pip.conf \
+    --mount=type=secret,id=pipcert \
+    /opt/clusterdns/bin/pip install . \
  && /opt/clusterdns/bin/pip uninstall -y pip \
  && /opt/clusterdns/bin/python -m compileall -q -j 0 \
         --invalidation-mode unchecked-hash /opt/clusterdns/lib
@@ -35,14 +45,18 @@ FROM ${PYTHON_IMAGE}
 # The official image strips the standard library's .pyc files: compile them once here
 # (unchecked-hash: valid whatever the files' timestamps), and give the real interpreter
 # binary (not the venv's symlink) the right to bind ports below 1024. libcap2-bin is
-# only needed for setcap, so it is installed and purged in the same layer.
+# only needed for setcap, so it is installed and purged in the same layer, and apt's
+# lists and caches go with it: a base image without Debian's docker-clean apt settings
+# would otherwise keep about 77 MB of them in this layer.
 RUN python -m compileall -q -j 0 --invalidation-mode unchecked-hash \
         "$(python -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')" \
  && apt-get update \
  && apt-get install -y --no-install-recommends libcap2-bin \
  && setcap cap_net_bind_service=+ep "$(readlink -f "$(command -v python3)")" \
  && apt-get purge -y --auto-remove libcap2-bin \
- && rm -rf /var/lib/apt/lists/* /var/cache/debconf/*-old /var/log/apt /var/log/dpkg.log
+ && apt-get clean \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/debconf/*-old \
+        /var/log/apt /var/log/dpkg.log
 COPY --from=build /opt/clusterdns /opt/clusterdns
 COPY config/clusterdns.yaml /etc/clusterdns/clusterdns.yaml
 ENV PATH=/opt/clusterdns/bin:$PATH \
