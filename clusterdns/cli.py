@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -199,9 +200,15 @@ def _records(cfg: Config) -> int:
         cluster = asyncio.run(KubeSource(cfg).list_once())
     snap = snapshot.build(cluster, cfg, serial=1)
     out = sys.stdout
-    out.write(f"; clusterdns {__version__}: every record served from {cfg.source}\n")
-    for rec in snap.records():
-        out.write(to_text(rec) + "\n")
+    try:
+        out.write(f"; clusterdns {__version__}: every record served from {cfg.source}\n")
+        for rec in snap.records():
+            out.write(to_text(rec) + "\n")
+        out.flush()
+    except BrokenPipeError:  # the reader stopped (`records | head`): stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, out.fileno())  # so the interpreter's final flush cannot fail
+        return 1
     return 0
 
 

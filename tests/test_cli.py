@@ -143,6 +143,19 @@ def test_records_skips_no_line_and_has_a_comment_header() -> None:
     assert len(parse_records(result.stdout)) == len(lines) - 1
 
 
+def test_records_into_a_reader_that_stops_early_ends_quietly_without_a_traceback() -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "clusterdns", "records", "--config",
+                             "config/demo.yaml"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, bufsize=0)
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()  # like `head -1`: read a line, then hang up
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=TIMEOUT) == 1
+    assert first.startswith(b";")
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
 def _ask(server: RunningServer, name: str, rdtype: str) -> dns.message.Message:
     reply = server.ask(name, rdtype)
     if reply.flags & dns.flags.TC:
