@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from clusterdns import names
 from clusterdns.objects import (
+    CLUSTER_FIRST,
     Endpoint,
     EndpointSlice,
     KubeObject,
@@ -319,11 +320,36 @@ def _pod(raw: Mapping[str, Any]) -> Pod:
     else:
         pod_ip = _str(status.get("podIP"), "status.podIP")
         ips = (_ip(pod_ip, "status.podIP"),) if pod_ip else ()
-    return Pod(namespace, name, ips)
+    phase = sys.intern(_str(status.get("phase"), "status.phase"))
+    return Pod(namespace, name, ips, phase, _pod_dns(_mapping(raw.get("spec"), "spec")))
 
 
 def _pod_ip(item: Any) -> str:
     return _ip(_item_mapping(item).get("ip"), "ip")
+
+
+def _pod_dns(spec: Mapping[str, Any]) -> str:
+    """How the kubelet makes the pod's resolv.conf (``Pod.dns``): ``ClusterFirst`` when it
+    is the cluster's search list and ndots, else what differs. A hostNetwork pod with
+    ``ClusterFirst`` gets the node's resolv.conf (the kubelet falls back to ``Default``);
+    ``dnsConfig`` searches are appended to the cluster's and its options override ndots."""
+    host_network = spec.get("hostNetwork")
+    if host_network is not None and not isinstance(host_network, bool):
+        raise ConvertError("spec.hostNetwork", f"expected true or false, got "
+                                               f"{describe(host_network)}")
+    if host_network:
+        return "hostNetwork"
+    policy = _str(spec.get("dnsPolicy"), "spec.dnsPolicy") or CLUSTER_FIRST
+    if policy != CLUSTER_FIRST:
+        return sys.intern(f"dnsPolicy {policy}")
+    dns_config = _mapping(spec.get("dnsConfig"), "spec.dnsConfig")
+    if _list(dns_config.get("searches"), "spec.dnsConfig.searches"):
+        return "dnsConfig searches"
+    options = _each(dns_config.get("options"), "spec.dnsConfig.options",
+                    lambda item: _str(_item_mapping(item).get("name"), "name"))
+    if "ndots" in options:
+        return "dnsConfig ndots"
+    return CLUSTER_FIRST
 
 
 _CONVERTERS: Mapping[str, Callable[[Mapping[str, Any]], KubeObject]] = {

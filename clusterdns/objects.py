@@ -179,11 +179,39 @@ _SLICE_COLUMNS = ("namespace", "name", "service", "address_type", "ports", "_add
                   "_ready", "_hostnames", "_pod_names")
 
 
+CLUSTER_FIRST = "ClusterFirst"
+FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
+
+
 @dataclass(frozen=True, slots=True)
 class Pod:
+    """A pod: its addresses, and what autopath must know of whoever asks from one.
+
+    ``phase`` is ``status.phase`` (``Running``, ``Pending``, ``Succeeded``, ``Failed``,
+    ``Unknown``; "" when absent). ``dns`` says how the kubelet wrote the pod's
+    resolv.conf: ``CLUSTER_FIRST`` when it is exactly the cluster's search list and
+    ndots (``dnsPolicy: ClusterFirst``, not ``hostNetwork``, no ``dnsConfig`` searches
+    or ``ndots`` option), otherwise why not (``hostNetwork``, ``dnsPolicy Default``,
+    ``dnsConfig searches``, ``dnsConfig ndots``), as the API's defaults make it when
+    the fields are absent. Both are shared interned strings: 16 bytes a pod.
+    """
+
     namespace: str
     name: str
     ips: tuple[str, ...] = ()
+    phase: str = ""
+    dns: str = CLUSTER_FIRST
+
+    @property
+    def holds_ips(self) -> bool:
+        """Whether its addresses are still its own: a pod that has finished (Succeeded,
+        Failed) has given them back, and a new pod may have them now."""
+        return self.phase not in FINISHED_PHASES
+
+    @property
+    def autopath(self) -> bool:
+        """Whether a query from its address may have the search list walked for it."""
+        return self.phase == "Running" and self.dns == CLUSTER_FIRST
 
 
 KubeObject = Namespace | Service | EndpointSlice | Pod

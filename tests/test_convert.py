@@ -276,6 +276,48 @@ def test_a_pod_without_an_ip_is_fine(status: Any) -> None:
     assert convert_pod(status).ips == ()
 
 
+def convert_pod_spec(spec: Any, phase: str = "Running") -> Pod:
+    obj = convert("Pod", {**pod({"phase": phase, "podIP": "10.244.1.41"}), "spec": spec})
+    assert isinstance(obj, Pod)
+    return obj
+
+
+@pytest.mark.parametrize("phase", ["Running", "Pending", "Succeeded", "Failed", "Unknown"])
+def test_a_pod_keeps_its_phase_as_one_shared_string(phase: str) -> None:
+    p = convert_pod({"phase": "".join(phase), "podIP": "10.244.1.41"})
+    assert p.phase == phase and p.phase is sys.intern(phase)
+    assert p.holds_ips is (phase not in ("Succeeded", "Failed"))
+
+
+@pytest.mark.parametrize("spec", [None, {}, {"dnsPolicy": "ClusterFirst"},
+                                  {"hostNetwork": False, "dnsConfig": {"searches": []}},
+                                  {"dnsConfig": {"options": [{"name": "edns0"}],
+                                                 "nameservers": ["1.1.1.1"]}}])
+def test_a_running_pod_with_the_clusters_own_resolv_conf_may_be_autopathed(spec: Any) -> None:
+    p = convert_pod_spec(spec)
+    assert p.dns == "ClusterFirst" and p.autopath
+
+
+@pytest.mark.parametrize(("spec", "dns"), [
+    ({"hostNetwork": True}, "hostNetwork"),
+    ({"hostNetwork": True, "dnsPolicy": "ClusterFirstWithHostNet"}, "hostNetwork"),
+    ({"dnsPolicy": "Default"}, "dnsPolicy Default"),
+    ({"dnsPolicy": "None", "dnsConfig": {"nameservers": ["10.96.0.10"]}}, "dnsPolicy None"),
+    ({"dnsPolicy": "ClusterFirstWithHostNet"}, "dnsPolicy ClusterFirstWithHostNet"),
+    ({"dnsConfig": {"searches": ["corp.example"]}}, "dnsConfig searches"),
+    ({"dnsConfig": {"options": [{"name": "ndots", "value": "2"}]}}, "dnsConfig ndots"),
+])
+def test_a_pod_whose_resolv_conf_is_not_the_clusters_own_says_why(spec: Any, dns: str) -> None:
+    p = convert_pod_spec(spec)
+    assert p.dns == dns and not p.autopath
+
+
+@pytest.mark.parametrize("phase", ["Pending", "Succeeded", "Failed", "Unknown", ""])
+def test_only_a_running_pod_may_be_autopathed(phase: str) -> None:
+    p = convert_pod_spec({}, phase)
+    assert p.dns == "ClusterFirst" and not p.autopath
+
+
 # -------------------------------------------------------------------- malformed fields
 
 MALFORMED: list[tuple[str, str, dict[str, Any], str, str]] = [
@@ -395,6 +437,17 @@ MALFORMED: list[tuple[str, str, dict[str, Any], str, str]] = [
      '"pod" is not an IP address'),
     ("podIP not an IP", "Pod", pod({"podIP": "10.0.0"}), "status.podIP",
      '"10.0.0" is not an IP address'),
+    ("phase not a string", "Pod", pod({"phase": 1}), "status.phase", "expected a string, got 1"),
+    ("hostNetwork not a bool", "Pod", {**pod({}), "spec": {"hostNetwork": "yes"}},
+     "spec.hostNetwork", 'expected true or false, got "yes"'),
+    ("dnsPolicy not a string", "Pod", {**pod({}), "spec": {"dnsPolicy": ["Default"]}},
+     "spec.dnsPolicy", "expected a string, got a list"),
+    ("dnsConfig searches not a list", "Pod",
+     {**pod({}), "spec": {"dnsConfig": {"searches": "corp.example"}}},
+     "spec.dnsConfig.searches", 'expected a list, got "corp.example"'),
+    ("dnsConfig option not a mapping", "Pod",
+     {**pod({}), "spec": {"dnsConfig": {"options": ["ndots:2"]}}},
+     "spec.dnsConfig.options[0]", 'expected a mapping, got "ndots:2"'),
 ]
 
 
