@@ -22,6 +22,7 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 import pytest
+from upstream import EXAMPLE_ZONE, FakeUpstream
 
 from clusterdns.app import App
 from clusterdns.config import Config, ListenAddr, PodsMode, SourceSpec
@@ -237,3 +238,18 @@ def fake() -> Iterator[FakeKube]:
     server.load_yaml(DEMO_CLUSTER)
     with server:
         yield server
+
+
+@pytest.fixture
+def upstreams() -> Iterator[Callable[..., FakeUpstream]]:
+    """Fake upstreams: ``upstreams(records=EXAMPLE_ZONE)``; all closed at the end."""
+    made: list[FakeUpstream] = []
+
+    def factory(records: list[str] | None = None) -> FakeUpstream:
+        up = FakeUpstream(EXAMPLE_ZONE if records is None else records)
+        made.append(up)
+        return up
+
+    yield factory
+    for up in made:
+        up.close()

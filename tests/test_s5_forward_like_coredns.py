@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import dns.edns
 import dns.rcode
 import pytest
 from test_s5_forwarding import (
-    ZONE,
     ManualClock,
     cache_hits,
     forwarder,
@@ -35,20 +34,6 @@ from upstream import FakeUpstream
 from conftest import RunningServer, addresses, wait_until
 
 ServerFactory = Callable[..., RunningServer]
-
-
-@pytest.fixture
-def upstreams() -> Iterator[Callable[..., FakeUpstream]]:
-    made: list[FakeUpstream] = []
-
-    def factory(records: list[str] | None = None) -> FakeUpstream:
-        up = FakeUpstream(ZONE if records is None else records)
-        made.append(up)
-        return up
-
-    yield factory
-    for up in made:
-        up.close()
 
 
 def upstream_count(up: FakeUpstream, name: str, rdtype: str | None = None) -> int:

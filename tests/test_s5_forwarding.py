@@ -25,25 +25,15 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 import pytest
-from upstream import SPOOFED_ADDRESS, FakeUpstream, dead_address
+from upstream import BIG_COUNT, EXAMPLE_ZONE, SPOOFED_ADDRESS, FakeUpstream, dead_address
 
 from clusterdns.config import ListenAddr, SourceSpec
 from clusterdns.forward import Forwarder, Upstream, read_resolv_conf, upstream_list
-from conftest import RunningServer, addresses, rrset_texts
+from conftest import RunningServer, addresses, rrset_texts, wait_until
 
 ServerFactory = Callable[..., RunningServer]
 
-BIG_COUNT = 60  # A records of big.example.com: more than a 512-byte reply holds
-ZONE = [
-    "example.com. 300 IN A 192.0.2.1",
-    "example.com. 300 IN AAAA 2001:db8::1",
-    "example.com. 300 IN MX 10 mail.example.com.",
-    "example.com. 3600 IN SOA ns.example.com. hostmaster.example.com. 1 7200 1800 86400 60",
-    "www.example.com. 300 IN A 192.0.2.2",
-    "httpbin.org. 120 IN A 192.0.2.80",
-    "4.3.2.1.in-addr.arpa. 300 IN PTR host.example.com.",
-    *(f"big.example.com. 300 IN A 198.51.100.{i}" for i in range(1, BIG_COUNT + 1)),
-]
+ZONE = EXAMPLE_ZONE
 OUR_ZONES = ("cluster.local", "in-addr.arpa", "ip6.arpa")
 EDE_STALE = 3
 EDE_NO_REACHABLE_AUTHORITY = 22
@@ -59,29 +49,6 @@ def upstream() -> Iterator[FakeUpstream]:
     up.close()
 
 
-@pytest.fixture
-def upstreams() -> Iterator[Callable[..., FakeUpstream]]:
-    """More upstreams: ``upstreams(records)``; all closed at the end."""
-    made: list[FakeUpstream] = []
-
-    def factory(records: list[str] | None = None) -> FakeUpstream:
-        up = FakeUpstream(ZONE if records is None else records)
-        made.append(up)
-        return up
-
-    yield factory
-    for up in made:
-        up.close()
-
-
-def wait_until(cond: Callable[[], Any], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
-
-
 def forwarder(server: RunningServer) -> Forwarder:
     fwd = server.app.forwarder
     assert fwd is not None
@@ -92,7 +59,8 @@ def forwarding(make_server: ServerFactory, *upstream_addresses: str,
                **changes: Any) -> RunningServer:
     """A server forwarding to the given upstreams, once its start-up loop probe is over."""
     server = make_server(upstreams=upstream_addresses, **changes)
-    wait_until(lambda: server.call(lambda: forwarder(server).probed.is_set()))
+    wait_until(lambda: server.call(lambda: forwarder(server).probed.is_set()), 30,
+               "the start-up loop probe")
     return server
 
 
@@ -453,7 +421,8 @@ def test_s5_a_fallthrough_answer_gives_way_to_our_own_once_the_cluster_has_the_n
     cluster.write_text(namespace + "---\nkind: Service\nmetadata: {name: db, namespace: "
                        "default}\nspec: {clusterIP: 1.2.3.4, ports: [{port: 80}]}\n",
                        encoding="utf-8")
-    wait_until(lambda: addresses(server.ask("db.default.svc.cluster.local")) == ["1.2.3.4"], 5)
+    wait_until(lambda: addresses(server.ask("db.default.svc.cluster.local")) == ["1.2.3.4"], 5,
+               "the new service answering")
     assert rrset_texts(server.ask("4.3.2.1.in-addr.arpa", "PTR")) == [
         "4.3.2.1.in-addr.arpa. 5 IN PTR db.default.svc.cluster.local."]
     assert upstream.count("4.3.2.1.in-addr.arpa", "PTR") == 1
@@ -479,7 +448,7 @@ def test_s5_a_slow_upstream_does_not_block_in_zone_answers(
     server = forwarding(make_server, upstream.address, forward_timeout=30)
     upstream.hold()
     sock, ident = udp_send(server, "example.com")
-    wait_until(lambda: upstream.count("example.com") == 1)
+    wait_until(lambda: upstream.count("example.com") == 1, 30, "the upstream asked")
     local = server.ask("web.default.svc.cluster.local", "A")
     assert local.rcode() == dns.rcode.NOERROR and addresses(local)
     upstream.release()
@@ -492,7 +461,8 @@ def test_s5_beyond_the_concurrency_cap_queries_are_refused(
                         forward_timeout=30)
     upstream.hold()
     pending = [udp_send(server, name) for name in ("example.com", "www.example.com")]
-    wait_until(lambda: server.call(lambda: forwarder(server).inflight) == 2)
+    wait_until(lambda: server.call(lambda: forwarder(server).inflight) == 2, 30,
+               "two queries in flight")
     refused = server.ask("big.example.com", "A")
     assert refused.rcode() == dns.rcode.REFUSED
     assert server.call(lambda: forwarder(server).stats.refused_over_cap) == 1
@@ -514,7 +484,8 @@ def test_s5_a_forwarding_loop_is_detected_and_reported_without_exiting(
     server = make_server(upstreams=(looping.address,), forward_timeout=30)
     looping.forward_to = (server.host, server.port)
     looping.release()
-    wait_until(lambda: server.call(lambda: forwarder(server).probed.is_set()))
+    wait_until(lambda: server.call(lambda: forwarder(server).probed.is_set()), 30,
+               "the start-up loop probe")
     assert server.call(lambda: forwarder(server).loop_detected)
     assert any(r.levelno == logging.ERROR and "forwarding loop detected" in r.getMessage()
                for r in caplog.records)

@@ -30,6 +30,20 @@ import dns.rrset
 SPOOFED_ADDRESS = "203.0.113.66"
 
 
+# The records most forwarding tests give their upstreams.
+BIG_COUNT = 60  # A records of big.example.com: more than a 512-byte reply holds
+EXAMPLE_ZONE = [
+    "example.com. 300 IN A 192.0.2.1",
+    "example.com. 300 IN AAAA 2001:db8::1",
+    "example.com. 300 IN MX 10 mail.example.com.",
+    "example.com. 3600 IN SOA ns.example.com. hostmaster.example.com. 1 7200 1800 86400 60",
+    "www.example.com. 300 IN A 192.0.2.2",
+    "httpbin.org. 120 IN A 192.0.2.80",
+    "4.3.2.1.in-addr.arpa. 300 IN PTR host.example.com.",
+    *(f"big.example.com. 300 IN A 198.51.100.{i}" for i in range(1, BIG_COUNT + 1)),
+]
+
+
 @dataclass(frozen=True)
 class Seen:
     name: str  # as received, letter case kept, no trailing dot
