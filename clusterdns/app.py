@@ -42,6 +42,7 @@ from clusterdns.objects import (
     Namespace,
     Pod,
     Service,
+    ServiceImport,
     ServiceKind,
 )
 from clusterdns.querylog import QueryLog
@@ -65,14 +66,14 @@ DELTA_CHUNK = 32  # deltas per publish when many come at once
 TRIM_EVERY = 5.0  # seconds between returning freed heap memory to the system after publishes
 KIND_TYPES: dict[Kind, type[KubeObject]] = {
     Kind.NAMESPACE: Namespace, Kind.SERVICE: Service, Kind.ENDPOINT_SLICE: EndpointSlice,
-    Kind.POD: Pod}
+    Kind.POD: Pod, Kind.SERVICE_IMPORT: ServiceImport}
 
 # What a reload cannot change without a restart (bound sockets).
 RESTART_KEYS = ("listen", "health", "ready", "metrics", "tcp_max_connections",
                 "tcp_idle_timeout", "workers")
 # What makes a reload replace the source (and so re-read files or re-list the API).
 SOURCE_KEYS = ("source", "kubeconfig", "context", "labels", "namespaces", "pods",
-               "endpoint_pod_names", "poll_interval")
+               "endpoint_pod_names", "poll_interval", "multicluster_zones")
 # What makes a reload replace the forwarder (and so empty its cache).
 FORWARD_KEYS = ("upstreams", "forward_timeout", "forward_max_concurrent", "loop_detect",
                 "cache_size", "cache_ttl", "cache_negative_ttl", "serve_stale")
@@ -117,7 +118,8 @@ class App:
                                fast=not config.log_queries)
         # Per-query observers (SPEC S6): counters only when /metrics is served.
         self.query_metrics = (
-            QueryMetrics(config.zones, self.forwarder.stats if self.forwarder else None)
+            QueryMetrics((*config.zones, *config.multicluster_zones),
+                         self.forwarder.stats if self.forwarder else None)
             if config.metrics is not None else None)
         if self.handler.fast is not None:  # hit cells: one per metric type label, folded
             hits = self.handler.fast.hits  # into the exporter's totals when too many

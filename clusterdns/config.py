@@ -86,6 +86,10 @@ class Config:
     # Seconds a watch may bring nothing at all (no event, no bookmark) before it is taken
     # for stuck and re-watched; watches ask the API server to end them well before this.
     watch_silence: float = 60.0
+    # Zones answered from ServiceImports and imported EndpointSlices by the Kubernetes
+    # DNS-Based Multicluster Service Discovery spec (KEP-1645; CoreDNS ``multicluster``),
+    # normally ``clusterset.local``. Empty: none, and ServiceImports are not watched.
+    multicluster_zones: tuple[str, ...] = ()
     # Forwarding (SPEC S5). Each upstream is IP, IP:PORT, [V6]:PORT, or the path of a
     # resolv.conf file whose nameservers are used (our own listen addresses are skipped).
     # Empty: no forwarding, out-of-zone names are REFUSED.
@@ -127,6 +131,12 @@ class Config:
     workers: int = 1
     origin: str = field(default="", compare=False)  # file it came from, for messages
 
+    def __post_init__(self) -> None:
+        if self.multicluster_zones:
+            problem = multicluster_problem(self.zones, self.multicluster_zones)
+            if problem:
+                raise ConfigError(self.origin, "multicluster_zones", problem)
+
     @property
     def cluster_domain(self) -> str:
         """The first forward zone: where services live and PTR targets point."""
@@ -148,6 +158,25 @@ def _list_keys() -> frozenset[str]:
 
 # YAML keys whose value is a list; a single string there is a list of that one string.
 LIST_KEYS = _list_keys()
+
+
+def multicluster_problem(zones: tuple[str, ...], multicluster: tuple[str, ...]) -> str:
+    """What is wrong with these multicluster zones beside ``zones``, or "".
+
+    A multicluster zone is a forward zone of its own: not a reverse zone, and neither
+    one of the other zones nor inside or around one (its names would be two zones'
+    names at once)."""
+    for i, zone in enumerate(multicluster):
+        if names.is_reverse_zone(zone):
+            return f"{zone}: a reverse zone cannot be a multicluster zone"
+        for other in (*zones, *multicluster[:i]):
+            if zone == other and other in zones:
+                return (f"{zone} is in zones too: a zone serves either the cluster's "
+                        "services or its ServiceImports")
+            if names.is_subdomain(zone, other) or names.is_subdomain(other, zone):
+                return (f"{zone} overlaps {other}: a multicluster zone must be a zone of its "
+                        "own, neither inside nor around another served zone")
+    return ""
 
 
 # ---------------------------------------------------------------------- parsing helpers
@@ -307,6 +336,8 @@ def _options(where: str, base: Path | None) -> dict[str, Callable[[Any], Any]]:
         "context": lambda v: _str(v, where, "context"),
         "labels": lambda v: _str(v, where, "labels"),
         "watch_silence": lambda v: _number(v, where, "watch_silence", 1, 3600),
+        "multicluster_zones": lambda v: tuple(dict.fromkeys(
+            parse_zone(str(z), where, "multicluster_zones") for z in (v or []))),
         "upstreams": lambda v: tuple(parse_upstream(x, where) for x in (v or [])),
         "forward_timeout": lambda v: _number(v, where, "forward_timeout", 0.05, 60),
         "forward_deadline": lambda v: _number(v, where, "forward_deadline", 0.05, 60),

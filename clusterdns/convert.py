@@ -29,12 +29,19 @@ from clusterdns.objects import (
     Pod,
     Port,
     Service,
+    ServiceImport,
     ServiceKind,
 )
 
-SUPPORTED_KINDS = ("Namespace", "Service", "EndpointSlice", "Pod")
+SUPPORTED_KINDS = ("Namespace", "Service", "EndpointSlice", "Pod", "ServiceImport")
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+# KEP-1645: an EndpointSlice an MCS controller imported names its ServiceImport and the
+# id of the cluster its endpoints are in.
+IMPORT_NAME_LABEL = "multicluster.kubernetes.io/service-name"
+SOURCE_CLUSTER_LABEL = "multicluster.kubernetes.io/source-cluster"
+_IMPORT_TYPES = {"": ServiceKind.CLUSTER_IP, "ClusterSetIP": ServiceKind.CLUSTER_IP,
+                 "Headless": ServiceKind.HEADLESS}
 
 # Also hands back one shared string object per protocol.
 _PROTOCOLS = {"tcp": "tcp", "udp": "udp", "sctp": "sctp"}
@@ -258,15 +265,35 @@ def _endpoint_slice(raw: Mapping[str, Any]) -> EndpointSlice:
     meta = _mapping(raw.get("metadata"), "metadata")
     namespace, name = _namespace(meta), _name(meta)
     labels = _mapping(meta.get("labels"), "metadata.labels")
-    service = _required_str(labels.get(SERVICE_NAME_LABEL),
-                            f'metadata.labels["{SERVICE_NAME_LABEL}"]')
+    imported = labels.get(IMPORT_NAME_LABEL)
+    import_name = source = ""
+    if imported is None:
+        service = _required_str(labels.get(SERVICE_NAME_LABEL),
+                                f'metadata.labels["{SERVICE_NAME_LABEL}"]')
+    else:  # imported by an MCS controller; a cluster-local Service only if it says so
+        service = _str(labels.get(SERVICE_NAME_LABEL), f'metadata.labels["{SERVICE_NAME_LABEL}"]')
+        import_name = sys.intern(_required_str(
+            imported, f'metadata.labels["{IMPORT_NAME_LABEL}"]').lower())
+        source = _cluster_id(labels.get(SOURCE_CLUSTER_LABEL))
     text = _required_str(raw.get("addressType"), "addressType")
     address = _ADDRESS_CONVERTERS.get(text)
     if address is None:
         raise ConvertError("addressType", f"{describe(text)} is not IPv4, IPv6 or FQDN")
     endpoints = _each(raw.get("endpoints"), "endpoints", lambda item: _endpoint(item, address))
     return EndpointSlice(namespace, name, sys.intern(service.lower()), sys.intern(text),
-                         tuple(endpoints), _slice_ports(raw.get("ports")))
+                         tuple(endpoints), _slice_ports(raw.get("ports")), import_name, source)
+
+
+def _cluster_id(value: Any) -> str:
+    """The source cluster of an imported slice: one or more DNS labels (KEP-1645 lets a
+    cluster id be a cluster name plus a label naming its registry), lower case; it
+    becomes part of the ``<hostname>.<clusterid>.<svc>`` names."""
+    field = f'metadata.labels["{SOURCE_CLUSTER_LABEL}"]'
+    text = _required_str(value, field).lower()
+    if any(not label or len(label) > 63 for label in text.split(".")):
+        raise ConvertError(field, f"{describe(value)} is not a cluster id (DNS labels "
+                                  "of 1 to 63 characters, separated by dots)")
+    return sys.intern(text)
 
 
 def _endpoint(item: Any, address: Callable[[Any], str]) -> Endpoint:
@@ -352,9 +379,27 @@ def _pod_dns(spec: Mapping[str, Any]) -> str:
     return CLUSTER_FIRST
 
 
+def _service_import(raw: Mapping[str, Any]) -> ServiceImport:
+    """A ``multicluster.x-k8s.io/v1alpha1`` ServiceImport. A missing ``spec.type`` is
+    ``ClusterSetIP`` (as CoreDNS reads it); any other value than the two the MCS API
+    defines is malformed. A headless import keeps no IPs: DNS never uses them."""
+    meta = _mapping(raw.get("metadata"), "metadata")
+    namespace, name = _namespace(meta), _name(meta)
+    spec = _mapping(raw.get("spec"), "spec")
+    text = _str(spec.get("type"), "spec.type")
+    kind = _IMPORT_TYPES.get(text)
+    if kind is None:
+        raise ConvertError("spec.type", f"{describe(text)} is not ClusterSetIP or Headless")
+    ports = tuple(_each(spec.get("ports"), "spec.ports", _service_port))
+    ips = tuple(dict.fromkeys(_each(spec.get("ips"), "spec.ips", _ip)))
+    return ServiceImport(namespace, name, kind, ips if kind is ServiceKind.CLUSTER_IP else (),
+                         ports)
+
+
 _CONVERTERS: Mapping[str, Callable[[Mapping[str, Any]], KubeObject]] = {
     "Namespace": _namespace_object,
     "Service": _service,
     "EndpointSlice": _endpoint_slice,
     "Pod": _pod,
+    "ServiceImport": _service_import,
 }

@@ -319,6 +319,12 @@ class _Builder:
         self.fallthrough_all = False  # ``fallthrough`` without zones: every zone of ours
         self.binds: tuple[str, ...] = ()  # ``bind`` addresses
         self.disabled: list[tuple[int, str, str]] = []  # cache ``disable``: line, key, zone
+        # Multicluster zones (SPEC S7): (line, zones) of the kubernetes plugin's
+        # ``multicluster`` option, those of the ``multicluster`` plugin, and the zones
+        # the latter's ``fallthrough`` names.
+        self.kube_multicluster: tuple[int, tuple[str, ...]] | None = None
+        self.plugin_multicluster: tuple[int, tuple[str, ...]] | None = None
+        self.multicluster_fallthrough: frozenset[str] = frozenset()
 
     # helpers
     def at(self, line: int) -> str:
@@ -386,6 +392,7 @@ class _Builder:
             "ready": self.ready,
             "prometheus": self.prometheus,
             "kubernetes": self.kubernetes,
+            "multicluster": lambda d: self.multicluster(d, key_zones),
             "forward": self.forward,
             "cache": self.cache,
             "loop": self.loop,
@@ -425,10 +432,14 @@ class _Builder:
                           + ", ".join(config.DEFAULT_ZONES))
                 zones = config.DEFAULT_ZONES
             self.changes["zones"] = zones
+        if self.fallthrough_all:  # the multicluster zones the kubernetes plugin serves too
+            self.multicluster_fallthrough |= frozenset(zones)
+        zones = self.multicluster_settle(zones)
         if self.fallthrough_all:
             self.changes["fallthrough"] = frozenset(zones)
         for line, key, zone in self.disabled:
-            if any(names.is_subdomain(zone, own) for own in zones):
+            if any(names.is_subdomain(zone, own)
+                   for own in (*zones, *self.changes.get("multicluster_zones", ()))):
                 log.debug("%s: %s %s: satisfied by design (our own zones are never cached)",
                           self.at(line), key, zone)
             else:
@@ -439,6 +450,9 @@ class _Builder:
             self.warn(block.line, "(server block)",
                       f"zones {', '.join(others)}: clusterdns forwards every name outside "
                       "its kubernetes zones, not only names in the server block's zones")
+        if self.multicluster_fallthrough & frozenset(self.changes.get("multicluster_zones", ())):
+            self.changes["fallthrough"] = self.changes.get("fallthrough", frozenset()) | (
+                self.multicluster_fallthrough & frozenset(self.changes["multicluster_zones"]))
         hosts = self.binds or ("0.0.0.0", "::")
         self.changes["listen"] = tuple(ListenAddr(h, port) for h in hosts)
         return Config(origin=self.where, source=SourceSpec("kubernetes")).replace(**self.changes)
@@ -537,8 +551,78 @@ class _Builder:
                 self.changes["ignore_empty_service"] = True
             elif opt.name == "noendpoints":
                 self.warn(opt.line, key, "not supported; endpoint records are still served")
+            elif opt.name == "multicluster":
+                # CoreDNS 1.12.2+: ``kubernetes cluster.local clusterset.local {
+                # multicluster clusterset.local }``; the zones must be the plugin's too.
+                self.nargs(opt, key, 1, None)
+                self.kube_multicluster = (opt.line, tuple(dict.fromkeys(
+                    self.zone(z, opt.line, key) for z in opt.args)))
             else:
                 self.warn(opt.line, key, "option not supported by clusterdns; ignored")
+
+    def multicluster(self, d: Directive, key_zones: tuple[str, ...]) -> None:
+        """The external ``multicluster [ZONES...] { kubeconfig, noendpoints, fallthrough }``
+        plugin (github.com/coredns/multicluster): its zones are the arguments, else the
+        server block's. It shares the kubernetes plugin's connection here."""
+        zones = tuple(dict.fromkeys(self.zone(z, d.line, "multicluster") for z in d.args))
+        zones = zones or tuple(z for z in key_zones if z != ".")
+        if not zones or "." in zones:
+            raise self.fail(d.line, "multicluster", "needs the zone it serves, such as "
+                                                    "'multicluster clusterset.local'")
+        self.plugin_multicluster = (d.line, zones)
+        for opt in d.block or ():
+            key = f"multicluster {opt.name}"
+            self.no_block(opt, key)
+            if opt.name == "fallthrough":
+                self.multicluster_fallthrough |= frozenset(
+                    self.zone(z, opt.line, key) for z in opt.args) if opt.args else frozenset(
+                    zones)
+            elif opt.name == "kubeconfig":
+                self.nargs(opt, key, 1, 2)
+                self.warn(opt.line, key, "not supported: ServiceImports are watched through "
+                                         "the kubernetes plugin's connection")
+            elif opt.name == "noendpoints":
+                self.nargs(opt, key, 0, 0)
+                self.warn(opt.line, key, "not supported; endpoint records are still served")
+            else:
+                self.warn(opt.line, key, "option not supported by clusterdns; ignored")
+
+    def multicluster_settle(self, zones: tuple[str, ...]) -> tuple[str, ...]:
+        """Once the kubernetes zones are known: the multicluster zones (SPEC S7), taken
+        out of the kubernetes zones where the kubernetes plugin's own ``multicluster``
+        option named them (CoreDNS wants them there); the kubernetes zones left."""
+        chosen: list[str] = []
+        if self.kube_multicluster is not None:
+            line, named = self.kube_multicluster
+            for zone in named:
+                if zone not in zones:
+                    raise self.fail(line, "kubernetes multicluster",
+                                    f"{zone} is not one of the kubernetes plugin's zones "
+                                    f"({', '.join(zones)}); CoreDNS wants it there too "
+                                    f"(kubernetes {' '.join((*zones, zone))} {{ ... }})")
+            chosen += named
+            zones = tuple(z for z in zones if z not in named)
+            if not any(not names.is_reverse_zone(z) for z in zones):
+                raise self.fail(line, "kubernetes multicluster",
+                                "no cluster zone is left (such as cluster.local)")
+            self.changes["zones"] = zones
+        if self.plugin_multicluster is not None:
+            line, named = self.plugin_multicluster
+            for zone in named:
+                if zone in zones:
+                    raise self.fail(line, "multicluster",
+                                    f"{zone} is a zone of the kubernetes plugin too: a zone "
+                                    "serves either the cluster's services or its "
+                                    "ServiceImports")
+            chosen += named
+        if chosen:
+            chosen = list(dict.fromkeys(chosen))
+            problem = config.multicluster_problem(zones, tuple(chosen))
+            if problem:
+                line = (self.kube_multicluster or self.plugin_multicluster or (0, ()))[0]
+                raise self.fail(line, "multicluster", problem)
+            self.changes["multicluster_zones"] = tuple(chosen)
+        return zones
 
     def forward(self, d: Directive) -> None:
         frm, *to = self.nargs(d, "forward", 2, None)

@@ -62,23 +62,33 @@ class EndpointSlice:
     endpoint (plus a tuple for its usually single address) costs ~110 bytes each, the
     columns ~20. ``endpoints`` makes the ``Endpoint`` values on access. Immutable,
     compared and hashed by value like the other slim types.
+
+    A slice belongs to the Service its ``kubernetes.io/service-name`` label names
+    (``service``) and, when an MCS controller imported it, to the ServiceImport its
+    ``multicluster.kubernetes.io/service-name`` label names (``import_name``, with the
+    ``multicluster.kubernetes.io/source-cluster`` label in ``source_cluster``). Each
+    label is read on its own: an imported slice counts for no cluster-local Service
+    unless it carries that Service's label too.
     """
 
     __slots__ = ("_addresses", "_hostnames", "_pod_names", "_ready", "address_type",
-                 "name", "namespace", "ports", "service")
+                 "import_name", "name", "namespace", "ports", "service", "source_cluster")
 
     namespace: str
     name: str
-    service: str  # from the kubernetes.io/service-name label
+    service: str  # from the kubernetes.io/service-name label; "" for an imported slice
     address_type: str  # "IPv4", "IPv6" or "FQDN"
     ports: tuple[Port, ...]
     _addresses: tuple[str | tuple[str, ...], ...]  # one address as itself, else a tuple
     _ready: int  # bit i set: endpoint i is ready
     _hostnames: tuple[str, ...]  # () when no endpoint has one
     _pod_names: tuple[str, ...]  # () when no endpoint has one
+    import_name: str  # the ServiceImport it was imported for; "" when not imported
+    source_cluster: str  # the cluster id it was imported from; "" when not imported
 
     def __init__(self, namespace: str, name: str, service: str, address_type: str,
-                 endpoints: Iterable[Endpoint] = (), ports: tuple[Port, ...] = ()) -> None:
+                 endpoints: Iterable[Endpoint] = (), ports: tuple[Port, ...] = (),
+                 import_name: str = "", source_cluster: str = "") -> None:
         eps = tuple(endpoints)
         hostnames = tuple(ep.hostname for ep in eps)
         pod_names = tuple(ep.pod_name for ep in eps)
@@ -90,6 +100,7 @@ class EndpointSlice:
             "_ready": sum(1 << i for i, ep in enumerate(eps) if ep.ready),
             "_hostnames": hostnames if any(hostnames) else (),
             "_pod_names": pod_names if any(pod_names) else (),
+            "import_name": import_name, "source_cluster": source_cluster,
         }
         for key, value in fields.items():
             object.__setattr__(self, key, value)
@@ -139,7 +150,8 @@ class EndpointSlice:
 
     def _key(self) -> tuple[object, ...]:
         return (self.namespace, self.name, self.service, self.address_type, self.ports,
-                self._addresses, self._ready, self._hostnames, self._pod_names)
+                self._addresses, self._ready, self._hostnames, self._pod_names,
+                self.import_name, self.source_cluster)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, EndpointSlice):
@@ -150,8 +162,10 @@ class EndpointSlice:
         return hash(self._key())
 
     def __repr__(self) -> str:
+        imported = (f", import_name={self.import_name!r}, "
+                    f"source_cluster={self.source_cluster!r}" if self.import_name else "")
         return (f"EndpointSlice({self.namespace!r}, {self.name!r}, {self.service!r}, "
-                f"{self.address_type!r}, {self.endpoints!r}, {self.ports!r})")
+                f"{self.address_type!r}, {self.endpoints!r}, {self.ports!r}{imported})")
 
     def __reduce__(self) -> tuple[Any, tuple[object, ...]]:
         # The columns as they are (the file source's loader pickles slices across a pipe).
@@ -167,16 +181,16 @@ class EndpointSlice:
 def _slice_from_columns(*columns: Any) -> EndpointSlice:
     """An ``EndpointSlice`` from the values ``_key`` lists (unpickling); names interned."""
     out = object.__new__(EndpointSlice)
-    namespace, name, service, address_type, *rest = columns
+    namespace, name, service, address_type, *rest, import_name, source_cluster = columns
     values = (sys.intern(namespace), name, sys.intern(service), sys.intern(address_type),
-              *rest)
+              *rest, sys.intern(import_name), sys.intern(source_cluster))
     for slot, value in zip(_SLICE_COLUMNS, values, strict=True):
         object.__setattr__(out, slot, value)
     return out
 
 
 _SLICE_COLUMNS = ("namespace", "name", "service", "address_type", "ports", "_addresses",
-                  "_ready", "_hostnames", "_pod_names")
+                  "_ready", "_hostnames", "_pod_names", "import_name", "source_cluster")
 
 
 CLUSTER_FIRST = "ClusterFirst"
@@ -214,7 +228,24 @@ class Pod:
         return self.phase == "Running" and self.dns == CLUSTER_FIRST
 
 
-KubeObject = Namespace | Service | EndpointSlice | Pod
+@dataclass(frozen=True, slots=True)
+class ServiceImport:
+    """A ``multicluster.x-k8s.io/v1alpha1`` ServiceImport (KEP-1645): a service exported
+    from the clusters of a clusterset, served under the multicluster zones.
+
+    ``kind`` is ``CLUSTER_IP`` for the spec's type ``ClusterSetIP`` (``ips`` are its
+    clusterset IPs) and ``HEADLESS`` for ``Headless``; its endpoints are the imported
+    EndpointSlices whose ``import_name`` is ``name``.
+    """
+
+    namespace: str
+    name: str
+    kind: ServiceKind  # CLUSTER_IP (ClusterSetIP) or HEADLESS, never EXTERNAL_NAME
+    ips: tuple[str, ...] = ()
+    ports: tuple[Port, ...] = ()
+
+
+KubeObject = Namespace | Service | EndpointSlice | Pod | ServiceImport
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,3 +256,4 @@ class Cluster:
     services: tuple[Service, ...] = ()
     endpoint_slices: tuple[EndpointSlice, ...] = ()
     pods: tuple[Pod, ...] = ()
+    service_imports: tuple[ServiceImport, ...] = ()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from clusterdns import names
+from clusterdns import multicluster, names
 from clusterdns.config import PodsMode
 from clusterdns.objects import ServiceKind
 from clusterdns.records import AAAA, HINFO, NS, SRV, A, Record, RRType
@@ -207,6 +207,9 @@ def _why_nodata(name: str, type_name: str) -> str:
 
 def _why_missing(snap: Snapshot, name: str, zone: str) -> str:
     """An RFC 8914 EXTRA-TEXT that says why ``name`` does not exist."""
+    if zone in snap.multicluster_zones:
+        return multicluster.why_missing(name, zone, snap.namespaces, snap.config.namespaces,
+                                        snap.imports)
     if zone not in snap.forward_zones:
         return f"no service or endpoint has the address of {name}"
     labels = names.relative(name, zone).split(".")

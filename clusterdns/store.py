@@ -15,7 +15,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from enum import Enum
 
-from clusterdns.objects import Cluster, EndpointSlice, KubeObject, Namespace, Pod, Service
+from clusterdns.objects import (
+    Cluster,
+    EndpointSlice,
+    KubeObject,
+    Namespace,
+    Pod,
+    Service,
+    ServiceImport,
+)
 
 # More changed keys than this between two takes: a full build is cheaper than deltas.
 MAX_TRACKED_CHANGES = 20_000
@@ -26,6 +34,7 @@ class Kind(Enum):
     SERVICE = "Service"
     ENDPOINT_SLICE = "EndpointSlice"
     POD = "Pod"
+    SERVICE_IMPORT = "ServiceImport"
 
 
 Key = tuple[str, str]
@@ -144,4 +153,6 @@ class Store:
             endpoint_slices=tuple(
                 x for x in o[Kind.ENDPOINT_SLICE].values() if isinstance(x, EndpointSlice)),
             pods=tuple(x for x in o[Kind.POD].values() if isinstance(x, Pod)),
+            service_imports=tuple(x for x in o[Kind.SERVICE_IMPORT].values()
+                                  if isinstance(x, ServiceImport)),
         )

@@ -38,6 +38,7 @@ SAMPLES: dict[str, str] = {
     "namespaces": "default",
     "upstreams": "/etc/resolv.conf",
     "fallthrough": "in-addr.arpa",
+    "multicluster_zones": "clusterset.local",
 }
 
 

@@ -214,7 +214,8 @@ def test_plugins_with_an_address_listen_there(tmp_path: Path) -> None:
 def test_every_kubernetes_option_reaches_the_config(tmp_path: Path) -> None:
     cfg, warnings, path = load_text(tmp_path, (
         ".:53 {\n"
-        "    kubernetes example.internal 10.0.0.0/8 10.244.0.0/16 fd00:10:96::/48 {\n"
+        "    kubernetes example.internal 10.0.0.0/8 10.244.0.0/16 fd00:10:96::/48 "
+        "clusterset.local {\n"
         "        pods verified\n"
         "        fallthrough\n"
         "        ttl 0\n"
@@ -229,9 +230,10 @@ def test_every_kubernetes_option_reaches_the_config(tmp_path: Path) -> None:
         "}\n"))
     zones = ("example.internal", "10.in-addr.arpa", "244.10.in-addr.arpa",
              "6.9.0.0.0.1.0.0.0.0.d.f.ip6.arpa")
-    assert cfg.zones == zones
+    assert cfg.zones == zones  # the multicluster zone is taken out of the cluster zones
+    assert cfg.multicluster_zones == ("clusterset.local",)
     assert cfg.pods is PodsMode.VERIFIED
-    assert cfg.fallthrough == frozenset(zones)  # no zones: all of ours
+    assert cfg.fallthrough == frozenset((*zones, "clusterset.local"))  # no zones: all ours
     assert cfg.ttl == 0
     assert cfg.namespaces == frozenset({"default", "kube-system"})
     assert cfg.endpoint_pod_names is True
@@ -242,7 +244,6 @@ def test_every_kubernetes_option_reaches_the_config(tmp_path: Path) -> None:
     assert cfg.source == SourceSpec("kubernetes")
     assert warnings == [
         f"{path}:11: kubernetes noendpoints: not supported; endpoint records are still served",
-        f"{path}:12: kubernetes multicluster: option not supported by clusterdns; ignored",
     ]
 
 

@@ -1,7 +1,8 @@
 """Incremental snapshots (issue 5 item 4): deltas give exactly what a full build gives.
 
 Random sequences of adds, changes and deletes of Namespaces, Services, EndpointSlices
-and Pods go into a ``Store``; after each step its changed keys are published as deltas
+(some imported for a ServiceImport), Pods and ServiceImports go into a ``Store``; after
+each step its changed keys are published as deltas
 (``SnapshotRef.publish_changes``) and the result is compared with ``snapshot.build`` of
 the store's whole cluster and with ``reference_build`` below -- the straightforward
 every-record-then-group algorithm the snapshot used before it became incremental, kept
@@ -21,7 +22,7 @@ from typing import Any
 import dns.rcode
 import pytest
 
-from clusterdns import names, records, snapshot
+from clusterdns import multicluster, names, records, snapshot
 from clusterdns.config import Config, PodsMode, SourceSpec
 from clusterdns.objects import (
     Cluster,
@@ -32,6 +33,7 @@ from clusterdns.objects import (
     Pod,
     Port,
     Service,
+    ServiceImport,
     ServiceKind,
 )
 from clusterdns.records import Record, RRType
@@ -43,7 +45,7 @@ from fakekube import FakeKube
 
 KIND_TYPES: dict[Kind, type[KubeObject]] = {
     Kind.NAMESPACE: Namespace, Kind.SERVICE: Service, Kind.ENDPOINT_SLICE: EndpointSlice,
-    Kind.POD: Pod}
+    Kind.POD: Pod, Kind.SERVICE_IMPORT: ServiceImport}
 
 CONFIGS = {
     "default": Config(),
@@ -54,6 +56,11 @@ CONFIGS = {
     "two-zones-small-reverse": Config(zones=("cluster.local", "corp.example",
                                              "0.10.in-addr.arpa", "ip6.arpa")),
     "nested-zones": Config(zones=("cluster.local", "a.svc.cluster.local", "in-addr.arpa")),
+    "multicluster": Config(multicluster_zones=("clusterset.local",)),
+    "multicluster-two-zones-filtered": Config(
+        multicluster_zones=("clusterset.local", "mcs.example"),
+        namespaces=frozenset({"a", "kube-system"}), ignore_empty_service=True,
+        endpoint_pod_names=True),
 }
 
 
@@ -74,7 +81,8 @@ def reference_build(cluster: Cluster, config: Config) -> dict[str, dict[RRType, 
         return not allowed or ns in allowed
 
     spaces = {ns.name for ns in cluster.namespaces}
-    for group in (cluster.services, cluster.endpoint_slices, cluster.pods):
+    for group in (cluster.services, cluster.endpoint_slices, cluster.pods,
+                  cluster.service_imports):
         spaces.update(o.namespace for o in group)
     spaces = {ns for ns in spaces if exposed(ns)}
     by_svc: dict[tuple[str, str], list[EndpointSlice]] = {}
@@ -106,16 +114,39 @@ def reference_build(cluster: Cluster, config: Config) -> dict[str, dict[RRType, 
         if kube_dns is not None and zone in forward:
             collected += [records.address_record(names.join("ns.dns", zone), ttl, ip)
                           for ip in kube_dns.cluster_ips]
+    # Multicluster zones (SPEC S7): their apex, and each exposed import's names.
+    imported: dict[tuple[str, str], list[EndpointSlice]] = {}
+    for sl in sorted(cluster.endpoint_slices, key=lambda s: s.name):
+        if sl.import_name:
+            imported.setdefault((sl.namespace, sl.import_name), []).append(sl)
+    made: list[multicluster.Imported] = []
+    for zone in config.multicluster_zones:
+        collected += multicluster.apex_records(zone, 0, ttl)
+        if kube_dns is not None:
+            collected += [records.address_record(names.join("ns.dns", zone), ttl, ip)
+                          for ip in kube_dns.cluster_ips]
+        for imp in cluster.service_imports:
+            if exposed(imp.namespace):
+                made.append(multicluster.import_records(
+                    imp, imported.get((imp.namespace, imp.name), []), zone, ttl,
+                    use_pod_names=config.endpoint_pod_names,
+                    ignore_empty_service=config.ignore_empty_service))
+    for one in made:
+        collected += one.records
     grouped: dict[str, dict[RRType, dict[Record, None]]] = {}
     for rec in collected:
         grouped.setdefault(rec.name, {}).setdefault(rec.rtype, {})[rec] = None
     present = set(grouped)
+    present |= {one.base for one in made if one.exists}
+    for zone in config.multicluster_zones:
+        present.add(names.join("svc", zone))
+        present |= {names.join(ns, "svc", zone) for ns in spaces}
     for zone in forward:
         present |= {names.join("svc", zone), names.join("pod", zone)}
         present |= {names.join(ns, "svc", zone) for ns in spaces}
         if config.pods is not PodsMode.DISABLED:
             present |= {names.join(ns, "pod", zone) for ns in spaces}
-    long_first = sorted(config.zones, key=len, reverse=True)
+    long_first = sorted((*config.zones, *config.multicluster_zones), key=len, reverse=True)
     for name in list(present):
         zone = next(z for z in long_first if names.is_subdomain(name, z))
         present.update(names.ancestors(name, zone))
@@ -184,12 +215,29 @@ class World:
         return Endpoint(addresses, r.random() < 0.75, hostname, pod)
 
     def endpoint_slice(self) -> EndpointSlice:
+        """A slice of a Service, of a ServiceImport (from one of two clusters), or of
+        both (it carries both labels)."""
         r = self.rng
         ns, service = self.ns(), r.choice(["web", "db", "kube-dns", "api"])
         address_type = r.choice(["IPv4", "IPv4", "IPv6", "FQDN"])
         endpoints = tuple(self.endpoint(address_type) for _ in range(r.randrange(0, 4)))
-        return EndpointSlice(ns, f"{service}-{r.randrange(3)}", service, address_type,
-                             endpoints, self.ports())
+        which = r.choice(["service", "service", "import", "both"])
+        import_name, cluster = "", ""
+        if which != "service":
+            import_name, cluster = service, r.choice(["cluster-a", "b.registry"])
+        return EndpointSlice(ns, f"{service}-{r.randrange(3)}",
+                             "" if which == "import" else service, address_type,
+                             endpoints, self.ports(), import_name, cluster)
+
+    def service_import(self) -> ServiceImport:
+        r = self.rng
+        kind = r.choice([ServiceKind.CLUSTER_IP, ServiceKind.HEADLESS])
+        ips: tuple[str, ...] = ()
+        if kind is ServiceKind.CLUSTER_IP:
+            ips = tuple(dict.fromkeys(self.ip(r.random() < 0.2)
+                                      for _ in range(r.randrange(0, 3))))
+        return ServiceImport(self.ns(), r.choice(["web", "db", "api"]), kind, ips,
+                             self.ports())
 
     def pod(self) -> Pod:
         r = self.rng
@@ -221,7 +269,8 @@ class World:
         else:
             del eps[i]
         store.apply(Kind.ENDPOINT_SLICE, EndpointSlice(
-            old.namespace, old.name, old.service, old.address_type, tuple(eps), old.ports))
+            old.namespace, old.name, old.service, old.address_type, tuple(eps), old.ports,
+            old.import_name, old.source_cluster))
         return True
 
     def step(self, store: Store) -> None:
@@ -242,6 +291,8 @@ class World:
             obj = self.service()
         elif kind is Kind.ENDPOINT_SLICE:
             obj = self.endpoint_slice()
+        elif kind is Kind.SERVICE_IMPORT:
+            obj = self.service_import()
         else:
             obj = self.pod()
         store.apply(kind, obj)
@@ -251,7 +302,8 @@ def _keys(store: Store, kind: Kind) -> Iterator[tuple[str, str]]:
     cluster = store.cluster()
     groups: dict[Kind, tuple[Any, ...]] = {
         Kind.NAMESPACE: cluster.namespaces, Kind.SERVICE: cluster.services,
-        Kind.ENDPOINT_SLICE: cluster.endpoint_slices, Kind.POD: cluster.pods}
+        Kind.ENDPOINT_SLICE: cluster.endpoint_slices, Kind.POD: cluster.pods,
+        Kind.SERVICE_IMPORT: cluster.service_imports}
     for obj in groups[kind]:
         yield ("", obj.name) if kind is Kind.NAMESPACE else (obj.namespace, obj.name)
 
@@ -290,6 +342,7 @@ def test_deltas_after_every_random_change_equal_a_full_build_and_the_reference(
         assert snap.namespaces == full.namespaces, where
         assert snap.pod_ips == full.pod_ips, where
         assert dict(snap.services) == dict(full.services), where
+        assert dict(snap.imports) == dict(full.imports), where
         assert snap.record_count == full.record_count == sum(
             len(rs) for sets in got.values() for rs in sets.values()), where
     assert ref.delta_builds == 40 and ref.full_builds == 1

@@ -9,6 +9,10 @@ hands their names to the ``ClaimBook``. When a slice only moved endpoints, just 
 service-wide names and those endpoints' names are computed again (one endpoint of a
 100-endpoint headless service: 2 names, not 200). ``build`` is the from-scratch path
 through the same claims.
+
+ServiceImports and their imported slices go through the same claims, under the
+multicluster zones (``clusterdns.multicluster`` has their rules): a change to one
+recomputes that import's names, all of them, and nothing else.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from clusterdns import names, records
+from clusterdns import multicluster, names, records
 from clusterdns.config import Config, PodsMode
 from clusterdns.objects import (
     Cluster,
@@ -25,6 +29,7 @@ from clusterdns.objects import (
     Namespace,
     Pod,
     Service,
+    ServiceImport,
     ServiceKind,
 )
 from clusterdns.records import Record, RRType
@@ -66,8 +71,11 @@ class Builder:
         # Whole reverse trees served: every PTR name of that family is in a zone.
         self.all_v4 = "in-addr.arpa" in self.reverse
         self.all_v6 = "ip6.arpa" in self.reverse
-        self.zones_long_first = tuple(sorted(config.zones, key=len, reverse=True))
-        self.zone_set = frozenset(config.zones)
+        # Zones answered from ServiceImports (SPEC §S7); none: imports make no names.
+        self.multicluster = config.multicluster_zones
+        every_zone = (*config.zones, *self.multicluster)
+        self.zones_long_first = tuple(sorted(every_zone, key=len, reverse=True))
+        self.zone_set = frozenset(every_zone)
         self.domain = config.cluster_domain
         self.use_pod_names = config.endpoint_pod_names
         self.allowed = config.namespaces
@@ -78,6 +86,11 @@ class Builder:
         self.namespace_objects: set[str] = set()
         self.ns_refs: dict[str, int] = {}  # namespace -> objects that make it exist
         self.pod_ip_refs: dict[tuple[str, str], int] = {}
+        self.imports: dict[Key, ServiceImport] = {}
+        # (namespace, import name) -> slice name -> a slice imported for it
+        self.imported: dict[Key, dict[str, EndpointSlice]] = {}
+        self._dirty_imports: set[Key] = set()
+        self.import_infos = CowIndex(shards_for(len(cluster.service_imports)))
         size = len(cluster.services) * 4 + sum(s.endpoint_count for s in cluster.endpoint_slices)
         self.index = NodeStore(shards_for(2 * size),
                                 Compact(self.ttl, self.forward, self.domain))
@@ -102,6 +115,8 @@ class Builder:
             self.apply(sl)
         for pod in cluster.pods:
             self.apply(pod)
+        for imp in cluster.service_imports:
+            self.apply(imp)
 
     # ----------------------------------------------------------------- object deltas
 
@@ -129,6 +144,10 @@ class Builder:
         elif isinstance(obj, EndpointSlice):
             key = (obj.namespace, obj.name)
             old = self.slices.get(key)
+            if obj.import_name or (old is not None and old.import_name):
+                self._import_slice(old, obj)
+            # A slice imported for a ServiceImport only has the service "", which no
+            # Service has: it makes no name in the cluster zones.
             owner = (obj.namespace, obj.service)
             if old is not None and old.service == obj.service and \
                     old.ports == obj.ports and old.address_type == obj.address_type:
@@ -147,6 +166,12 @@ class Builder:
             if obj.name not in self.namespace_objects:
                 self.namespace_objects.add(obj.name)
                 self._ns_ref(obj.name, 1)
+        elif isinstance(obj, ServiceImport):
+            key = (obj.namespace, obj.name)
+            if key not in self.imports:
+                self._ns_ref(obj.namespace, 1)
+            self.imports[key] = obj
+            self._dirty_imports.add(key)
         else:
             key = (obj.namespace, obj.name)
             if key in self.pods:
@@ -168,8 +193,14 @@ class Builder:
         elif kind is EndpointSlice:
             old = self.slices.pop(key, None)
             if old is not None:
+                if old.import_name:
+                    self._import_slice(old, None)
                 self._unlink_slice(old)
                 self._ns_ref(old.namespace, -1)
+        elif kind is ServiceImport:
+            if self.imports.pop(key, None) is not None:
+                self._ns_ref(key[0], -1)
+                self._dirty_imports.add(key)
         elif kind is Namespace:
             if key[1] in self.namespace_objects:
                 self.namespace_objects.discard(key[1])
@@ -187,6 +218,21 @@ class Builder:
         if not group:
             del self.slices_by_svc[owner]
         self._recompute(owner)
+
+    def _import_slice(self, old: EndpointSlice | None, new: EndpointSlice | None) -> None:
+        """The slice ``old`` (if imported) leaves its ServiceImport, ``new`` (if
+        imported) joins its own; both imports are computed again at the next publish."""
+        if old is not None and old.import_name:
+            owner = (old.namespace, old.import_name)
+            group = self.imported[owner]
+            del group[old.name]
+            if not group:
+                del self.imported[owner]
+            self._dirty_imports.add(owner)
+        if new is not None and new.import_name:
+            owner = (new.namespace, new.import_name)
+            self.imported.setdefault(owner, {})[new.name] = new
+            self._dirty_imports.add(owner)
 
     def _recompute(self, service: Key) -> None:
         """``service``'s whole contribution is computed again at the next publish."""
@@ -258,6 +304,9 @@ class Builder:
                 self.book.claim_fresh(owner, claims, lone)
         self._dirty_services.clear()
         self._touched.clear()
+        for key in self._dirty_imports if self.multicluster else ():
+            self._publish_import(key)
+        self._dirty_imports.clear()
         self.book.claim(ZONE_OWNER, self._zone_claims(serial))  # the SOA serial, kube-dns
         if self._pods_changed:
             self._pod_ips = frozenset(k for k in self.pod_ip_refs if k[0] in self._namespaces)
@@ -267,7 +316,39 @@ class Builder:
                         zones=self.zones_long_first, forward_zones=self.forward,
                         nodes=self.index.freeze_nodes(), namespaces=self._namespaces,
                         pod_ips=self._pod_ips, services=self.infos.freeze(),
-                        record_count=self.index.weight)
+                        record_count=self.index.weight,
+                        multicluster_zones=self.multicluster,
+                        imports=self.import_infos.freeze())
+
+    def _publish_import(self, key: Key) -> None:
+        """Claim what the ServiceImport ``key`` makes under the multicluster zones
+        (SPEC §S7), all of it, or withdraw it."""
+        owner: Owner = ("mcs", key[0], key[1])
+        imp = self.imports.get(key)
+        if imp is None or not self._exposed(key[0]):
+            self.book.withdraw(owner)
+            self.import_infos.delete(key)
+            return
+        group = self.imported.get(key)
+        slices = [group[n] for n in sorted(group)] if group else []
+        claims: Claims = {}
+        ready = 0
+        for zone in self.multicluster:
+            made = multicluster.import_records(
+                imp, slices, zone, self.ttl, use_pod_names=self.use_pod_names,
+                ignore_empty_service=self.config.ignore_empty_service)
+            ready = made.ready
+            if not made.exists:
+                continue
+            claims[made.base] = {}
+            by_name: dict[str, list[Record]] = {}
+            for rec in made.records:
+                by_name.setdefault(rec.name, []).append(rec)
+            claims.update((name, record_values(recs)) for name, recs in by_name.items())
+        self.book.claim(owner, claims)
+        info = service_info(imp.kind, ready)
+        if self.import_infos.get(key) is not info:
+            self.import_infos.set(key, info)
 
     # ----------------------------------------------------------------------- claims
 
@@ -288,9 +369,12 @@ class Builder:
         ttl, domain = self.ttl, self.domain
         recs: list[Record] = []
         kube_dns = self.services.get(("kube-system", "kube-dns"))
-        for zone in self.config.zones:
-            recs.extend(records.apex_records(zone, domain, serial, ttl))
-            if kube_dns is not None and zone in self.forward:
+        for zone in self.multicluster:
+            recs.extend(multicluster.apex_records(zone, serial, ttl))
+        for zone in (*self.config.zones, *self.multicluster):
+            if zone not in self.multicluster:
+                recs.extend(records.apex_records(zone, domain, serial, ttl))
+            if kube_dns is not None and zone not in self.reverse:
                 ns_name = names.join("ns.dns", zone)
                 recs.extend(records.address_record(ns_name, ttl, ip)
                             for ip in kube_dns.cluster_ips)
@@ -301,6 +385,8 @@ class Builder:
         for zone in self.forward:
             for label in ("svc", "pod"):
                 claims.setdefault(names.join(label, zone), {})
+        for zone in self.multicluster:
+            claims.setdefault(names.join("svc", zone), {})
         return claims
 
     def _namespace_claims(self, ns: str) -> dict[str, dict[RRType, dict[Any, None]]]:
@@ -310,6 +396,8 @@ class Builder:
             claims[names.join(ns, "svc", zone)] = {}
             if pods:
                 claims[names.join(ns, "pod", zone)] = {}
+        for zone in self.multicluster:
+            claims[names.join(ns, "svc", zone)] = {}
         return claims
 
     def _service_claims(

@@ -53,6 +53,9 @@ class Snapshot:
     services: Mapping[tuple[str, str], ServiceInfo] = field(
         default_factory=lambda: MappingProxyType({}))
     record_count: int = 0  # records in ``nodes``, kept as names change (for metrics)
+    multicluster_zones: tuple[str, ...] = ()  # answered from ServiceImports (SPEC §S7)
+    imports: Mapping[tuple[str, str], ServiceInfo] = field(  # what explains their NXDOMAINs
+        default_factory=lambda: MappingProxyType({}))
 
     def zone_for(self, name: str) -> str | None:
         for zone in self.zones:
@@ -79,7 +82,7 @@ class Snapshot:
 
 def unsynced(config: Config) -> Snapshot:
     """The placeholder served before the first complete sync: SERVFAIL in our zones."""
-    zones = tuple(sorted(config.zones, key=len, reverse=True))
+    zones = tuple(sorted((*config.zones, *config.multicluster_zones), key=len, reverse=True))
     return Snapshot(serial=0, synced=False, config=config, zones=zones,
                     forward_zones=tuple(z for z in config.zones if not names.is_reverse_zone(z)),
                     nodes=MappingProxyType({}), namespaces=frozenset(), pod_ips=frozenset())

@@ -30,7 +30,15 @@ from typing import Any, TextIO
 import yaml
 
 from clusterdns.convert import SUPPORTED_KINDS, ConvertError, convert, describe
-from clusterdns.objects import Cluster, EndpointSlice, KubeObject, Namespace, Pod, Service
+from clusterdns.objects import (
+    Cluster,
+    EndpointSlice,
+    KubeObject,
+    Namespace,
+    Pod,
+    Service,
+    ServiceImport,
+)
 
 try:
     from yaml import CSafeLoader as _YamlLoader
@@ -330,6 +338,7 @@ class _Collector:
         self.services: dict[tuple[str, str], Service] = {}
         self.endpoint_slices: dict[tuple[str, str], EndpointSlice] = {}
         self.pods: dict[tuple[str, str], Pod] = {}
+        self.service_imports: dict[tuple[str, str], ServiceImport] = {}
         self.warnings: list[str] = []
         self.ignored: Counter[str] = Counter()
 
@@ -375,6 +384,7 @@ class _Collector:
         self.services.update(other.services)
         self.endpoint_slices.update(other.endpoint_slices)
         self.pods.update(other.pods)
+        self.service_imports.update(other.service_imports)
         self.warnings.extend(other.warnings)
         self.ignored.update(other.ignored)
 
@@ -388,6 +398,8 @@ class _Collector:
                 self.endpoint_slices[obj.namespace, obj.name] = obj
             case Pod():
                 self.pods[obj.namespace, obj.name] = obj
+            case ServiceImport():
+                self.service_imports[obj.namespace, obj.name] = obj
 
     def result(self) -> LoadResult:
         cluster = Cluster(
@@ -395,6 +407,7 @@ class _Collector:
             services=tuple(self.services.values()),
             endpoint_slices=tuple(self.endpoint_slices.values()),
             pods=tuple(self.pods.values()),
+            service_imports=tuple(self.service_imports.values()),
         )
         ignored = MappingProxyType(dict(sorted(self.ignored.items())))
         return LoadResult(cluster, tuple(self.warnings), ignored)

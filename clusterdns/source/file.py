@@ -31,7 +31,15 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence, Sized
 from pathlib import Path
 
-from clusterdns.objects import Cluster, EndpointSlice, KubeObject, Namespace, Pod, Service
+from clusterdns.objects import (
+    Cluster,
+    EndpointSlice,
+    KubeObject,
+    Namespace,
+    Pod,
+    Service,
+    ServiceImport,
+)
 from clusterdns.source.dump import LoadResult, SourceError, load_files
 from clusterdns.source.loader import Loader
 from clusterdns.store import Key, Kind, Store, key_of
@@ -47,7 +55,7 @@ STILL_CHANGING = 30.0
 
 _KINDS: dict[type[KubeObject], Kind] = {
     Namespace: Kind.NAMESPACE, Service: Kind.SERVICE, EndpointSlice: Kind.ENDPOINT_SLICE,
-    Pod: Kind.POD}
+    Pod: Kind.POD, ServiceImport: Kind.SERVICE_IMPORT}
 
 # (mtime_ns, size, inode) of a path, or None when it cannot be stat'ed.
 _FileState = tuple[int, int, int] | None
@@ -179,9 +187,12 @@ class FileSource:
                   seconds: float) -> None:
         for warning in result.warnings:
             _log.warning("skipped %s", warning)
+        imports = len(counts.get(Kind.SERVICE_IMPORT, ()))
         _log.info(
-            "loaded %d namespaces, %d services, %d endpoint slices, %d pods from %s in %.2f s",
-            *(len(counts.get(kind, ())) for kind in Kind), self._names(), seconds,
+            "loaded %d namespaces, %d services, %d endpoint slices, %d pods%s from %s in %.2f s",
+            *(len(counts.get(kind, ())) for kind in (Kind.NAMESPACE, Kind.SERVICE,
+                                                     Kind.ENDPOINT_SLICE, Kind.POD)),
+            f", {imports} service imports" if imports else "", self._names(), seconds,
         )
         if result.ignored:
             _log.info(

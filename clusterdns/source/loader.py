@@ -61,7 +61,8 @@ def child(paths: Sequence[str], out: IO[bytes], cache: ItemCache | None = None) 
     batch: list[KubeObject] = []
     size = 0
     everything: tuple[KubeObject, ...] = (*cluster.namespaces, *cluster.services,
-                                          *cluster.endpoint_slices, *cluster.pods)
+                                          *cluster.endpoint_slices, *cluster.pods,
+                                          *cluster.service_imports)
     for obj in everything:
         batch.append(obj)
         size += _pickled_size(obj)
