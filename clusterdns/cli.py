@@ -183,7 +183,9 @@ def build_config(args: argparse.Namespace) -> Config:
     for key in ("kubeconfig", "context", "labels"):
         if getattr(args, key, None):
             changes[key] = getattr(args, key)
-    return cfg.replace(**changes)
+    cfg = cfg.replace(**changes)
+    config.check_autopath(cfg, "", "--pods" if args.pods else "autopath")
+    return cfg
 
 
 def _records(cfg: Config) -> int:

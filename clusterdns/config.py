@@ -76,6 +76,12 @@ class Config:
     namespaces: frozenset[str] = frozenset()  # empty: every namespace
     endpoint_pod_names: bool = False
     ignore_empty_service: bool = False
+    # Autopath (CoreDNS ``autopath @kubernetes``): a query for ``NAME.<ns>.svc.<zone>``
+    # from the one running ClusterFirst pod at its source address, of namespace <ns>,
+    # has that pod's search list walked here. Needs ``pods: verified`` (the pods watch).
+    autopath: bool = False
+    autopath_zones: tuple[str, ...] = ()  # forward zones it applies to; empty: all
+    autopath_resolv_conf: str = "/etc/resolv.conf"  # its search domains follow <zone>
     max_udp_size: int = 1232
     tcp_idle_timeout: float = 10.0
     tcp_max_connections: int = 1000
@@ -303,6 +309,14 @@ def _str(value: Any, where: str, key: str) -> str:
 FORWARD_POLICIES = ("random", "round_robin", "sequential")
 
 
+def _path(value: Any, where: str, key: str, base: Path | None) -> str:
+    """A file path; a relative one is taken from the config file's directory."""
+    text = _str(value, where, key)
+    if base is not None and text and not Path(text).is_absolute():
+        return str(base / text)
+    return text
+
+
 def _choice(value: Any, where: str, key: str, choices: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise ConfigError(where, key, f"{value!r} is not one of {', '.join(choices)}")
@@ -327,6 +341,10 @@ def _options(where: str, base: Path | None) -> dict[str, Callable[[Any], Any]]:
         "namespaces": lambda v: parse_namespaces(v or [], where),
         "endpoint_pod_names": lambda v: _bool(v, where, "endpoint_pod_names"),
         "ignore_empty_service": lambda v: _bool(v, where, "ignore_empty_service"),
+        "autopath": lambda v: _bool(v, where, "autopath"),
+        "autopath_zones": lambda v: tuple(dict.fromkeys(
+            parse_zone(str(z), where, "autopath_zones") for z in (v or []))),
+        "autopath_resolv_conf": lambda v: _path(v, where, "autopath_resolv_conf", base),
         "max_udp_size": lambda v: _int(v, where, "max_udp_size", 512, 65535),
         "tcp_idle_timeout": lambda v: _number(v, where, "tcp_idle_timeout", 0.1, 3600),
         "tcp_max_connections": lambda v: _int(v, where, "tcp_max_connections", 1, 1_000_000),
@@ -390,7 +408,25 @@ def from_mapping(data: Any, where: str = "", base: Path | None = None) -> Config
             # an empty string is an empty list.
             value = [value] if value.strip() else []
         changes[key] = options[key](value)
-    return Config(origin=where).replace(**changes)
+    cfg = Config(origin=where).replace(**changes)
+    check_autopath(cfg, where)
+    return cfg
+
+
+def check_autopath(cfg: Config, where: str = "", key: str = "autopath") -> None:
+    """Autopath needs to know which pod asks, so it needs the pods watch (``pods:
+    verified``, as CoreDNS's ``autopath @kubernetes`` needs ``pods verified``), and its
+    zones must be forward zones that are served."""
+    if not cfg.autopath:
+        return
+    if cfg.pods is not PodsMode.VERIFIED:
+        raise ConfigError(where, key, "needs pods: verified (the pods watch tells which pod "
+                                      f"a query comes from), not pods: {cfg.pods.value}")
+    forward = [z for z in cfg.zones if not names.is_reverse_zone(z)]
+    for zone in cfg.autopath_zones:
+        if zone not in forward:
+            raise ConfigError(where, "autopath_zones", f"{zone} is not a forward zone served "
+                                                       f"({', '.join(forward) or 'none'})")
 
 
 def load(path: Path) -> Config:

@@ -319,6 +319,7 @@ class _Builder:
         self.fallthrough_all = False  # ``fallthrough`` without zones: every zone of ours
         self.binds: tuple[str, ...] = ()  # ``bind`` addresses
         self.disabled: list[tuple[int, str, str]] = []  # cache ``disable``: line, key, zone
+        self.autopath_zones: tuple[str, ...] = ()  # ``autopath ZONE... @kubernetes``
         # Multicluster zones (SPEC S7): (line, zones) of the kubernetes plugin's
         # ``multicluster`` option, those of the ``multicluster`` plugin, and the zones
         # the latter's ``fallthrough`` names.
@@ -392,6 +393,7 @@ class _Builder:
             "ready": self.ready,
             "prometheus": self.prometheus,
             "kubernetes": self.kubernetes,
+            "autopath": self.autopath,
             "multicluster": lambda d: self.multicluster(d, key_zones),
             "forward": self.forward,
             "cache": self.cache,
@@ -435,6 +437,8 @@ class _Builder:
         if self.fallthrough_all:  # the multicluster zones the kubernetes plugin serves too
             self.multicluster_fallthrough |= frozenset(zones)
         zones = self.multicluster_settle(zones)
+        if self.changes.get("autopath"):
+            self.autopath_settle(zones)
         if self.fallthrough_all:
             self.changes["fallthrough"] = frozenset(zones)
         for line, key, zone in self.disabled:
@@ -623,6 +627,46 @@ class _Builder:
                 raise self.fail(line, "multicluster", problem)
             self.changes["multicluster_zones"] = tuple(chosen)
         return zones
+
+    def autopath(self, d: Directive) -> None:
+        """``autopath [ZONE...] @kubernetes``: the search list of the pod that asks. The
+        other form, ``autopath [ZONE...] RESOLV-CONF``, walks one search list for every
+        client (and only for names under its first domain): not what a cluster's pods
+        have, so it is ignored with a warning."""
+        *zones, source = self.nargs(d, "autopath", 1, None)
+        self.no_block(d, "autopath")
+        if source != "@kubernetes":
+            self.warn(d.line, "autopath", f"{source}: only 'autopath @kubernetes' (each "
+                                          "pod's own search list) is supported, not one "
+                                          "search list for every client; ignored")
+            return
+        self.changes["autopath"] = True
+        self.autopath_zones = tuple(dict.fromkeys(self.zone(z, d.line, "autopath")
+                                                  for z in zones))
+
+    def autopath_settle(self, zones: tuple[str, ...]) -> None:
+        """Once the kubernetes zones are known: autopath's own zones among them, and the
+        ``pods verified`` it needs (CoreDNS's ``@kubernetes`` needs it too)."""
+        line = self.seen["autopath"]
+        if "pods" not in self.changes or self.changes["pods"] is not config.PodsMode.VERIFIED:
+            mode = self.changes.get("pods", config.PodsMode.DISABLED).value
+            raise self.fail(line, "autopath", "@kubernetes needs 'pods verified' in the "
+                                              "kubernetes block (the pods watch tells which "
+                                              f"pod asks), not pods {mode}")
+        forward = tuple(z for z in zones if not names.is_reverse_zone(z))
+        given = self.autopath_zones
+        if not given or "." in given:
+            return  # every forward zone of ours
+        kept = tuple(z for z in given if z in forward)
+        for zone in given:
+            if zone not in kept:
+                self.warn(line, "autopath", f"{zone}: not a forward zone of the kubernetes "
+                                            f"plugin ({', '.join(forward)}); ignored")
+        if kept:
+            self.changes["autopath_zones"] = kept
+        else:
+            self.warn(line, "autopath", "none of its zones is served; autopath is off")
+            self.changes["autopath"] = False
 
     def forward(self, d: Directive) -> None:
         frm, *to = self.nargs(d, "forward", 2, None)

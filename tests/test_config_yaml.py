@@ -38,6 +38,7 @@ SAMPLES: dict[str, str] = {
     "namespaces": "default",
     "upstreams": "/etc/resolv.conf",
     "fallthrough": "in-addr.arpa",
+    "autopath_zones": "cluster.local",
     "multicluster_zones": "clusterset.local",
 }
 

@@ -11,6 +11,7 @@ One module per job, each depending only on those before it:
 
 - ``nodes``: how one name's records are stored (``RawNode`` tuples, ``LazyNode`` views);
 - ``index``: the name index in copy-on-write shards, and ``Compact`` storage;
+- ``pods``: which pod holds each address, for autopath, in copy-on-write shards;
 - ``model``: ``Snapshot`` itself, what readers see;
 - ``claims``: which owner claims which name, counted and merged into the index;
 - ``builder``: the current objects and the record rules, turned into claims;

@@ -37,6 +37,7 @@ from clusterdns.snapshot.claims import KEEP, ClaimBook, Claims
 from clusterdns.snapshot.index import Compact, CowIndex, NodeStore, shards_for
 from clusterdns.snapshot.model import ServiceInfo, Snapshot, service_info
 from clusterdns.snapshot.nodes import NAME, ZONE_OWNER, Owner, record_values
+from clusterdns.snapshot.pods import NO_PODS, PodIndex
 
 Key = tuple[str, str]  # (namespace, name); namespaces use ("", name)
 _Item = tuple[tuple[str, ...], str, str]  # a ready endpoint: (addresses, hostname, pod name)
@@ -86,6 +87,8 @@ class Builder:
         self.namespace_objects: set[str] = set()
         self.ns_refs: dict[str, int] = {}  # namespace -> objects that make it exist
         self.pod_ip_refs: dict[tuple[str, str], int] = {}
+        # Which pod holds each address (autopath must know who asks); kept only for it.
+        self.pod_index = PodIndex(len(cluster.pods)) if config.autopath else None
         self.imports: dict[Key, ServiceImport] = {}
         # (namespace, import name) -> slice name -> a slice imported for it
         self.imported: dict[Key, dict[str, EndpointSlice]] = {}
@@ -179,6 +182,8 @@ class Builder:
             else:
                 self._ns_ref(obj.namespace, 1)
             self.pods[key] = obj
+            if self.pod_index is not None:
+                self.pod_index.add(obj)
             for ip in obj.ips:
                 self.pod_ip_refs[(obj.namespace, ip)] = self.pod_ip_refs.get(
                     (obj.namespace, ip), 0) + 1
@@ -253,6 +258,8 @@ class Builder:
             touched.update(set(old.ready_items()).symmetric_difference(new.ready_items()))
 
     def _unlink_pod(self, pod: Pod) -> None:
+        if self.pod_index is not None:
+            self.pod_index.remove(pod)
         for ip in pod.ips:
             k = (pod.namespace, ip)
             left = self.pod_ip_refs[k] - 1
@@ -316,6 +323,8 @@ class Builder:
                         zones=self.zones_long_first, forward_zones=self.forward,
                         nodes=self.index.freeze_nodes(), namespaces=self._namespaces,
                         pod_ips=self._pod_ips, services=self.infos.freeze(),
+                        pods_by_ip=(self.pod_index.freeze() if self.pod_index is not None
+                                    else NO_PODS),
                         record_count=self.index.weight,
                         multicluster_zones=self.multicluster,
                         imports=self.import_infos.freeze())

@@ -4,8 +4,8 @@ Why this module exists: readers (``resolve``, ``handler``, the fast path) need t
 snapshot's shape and nothing of how it is built. A ``Snapshot`` is one generation: every
 name the cluster implies under the configured zones (``nodes``, including every empty
 non-terminal, so "does this name exist" is a lookup), what negative answers need to
-explain themselves (``services``), and the namespaces and pod addresses that exist. The
-SOA serial is the generation number.
+explain themselves (``services``), the namespaces and pod addresses that exist, and
+(with autopath) which pod holds each address. The SOA serial is the generation number.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from clusterdns.config import Config
 from clusterdns.objects import ServiceKind
 from clusterdns.records import Record, RRType
 from clusterdns.snapshot.nodes import Node
+from clusterdns.snapshot.pods import NO_PODS, Holders, sole_holder
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,8 @@ class Snapshot:
     pod_ips: frozenset[tuple[str, str]]  # (namespace, ip) of every pod, for pods verified
     services: Mapping[tuple[str, str], ServiceInfo] = field(
         default_factory=lambda: MappingProxyType({}))
+    # Address -> the pod holding it, or every pod when several do; only with autopath.
+    pods_by_ip: Mapping[str, Holders] = field(default_factory=lambda: NO_PODS)
     record_count: int = 0  # records in ``nodes``, kept as names change (for metrics)
     multicluster_zones: tuple[str, ...] = ()  # answered from ServiceImports (SPEC §S7)
     imports: Mapping[tuple[str, str], ServiceInfo] = field(  # what explains their NXDOMAINs
@@ -65,6 +68,13 @@ class Snapshot:
 
     def soa(self, zone: str) -> Record:
         return self.nodes[zone][RRType.SOA][0]
+
+    def autopath_namespace(self, ip: str) -> str | None:
+        """The namespace of the pod a query from ``ip`` comes from, when autopath may
+        walk that pod's search list: exactly one pod holds ``ip``, and it is running
+        with the cluster's own resolv.conf (``Pod.autopath``). Otherwise None."""
+        pod = sole_holder(self.pods_by_ip, ip)
+        return pod.namespace if pod is not None and pod.autopath else None
 
     def records(self) -> Iterator[Record]:
         """Every record, apex first, in a stable order (for ``clusterdns records``)."""
