@@ -211,6 +211,47 @@ def test_an_expired_continue_token_answers_410(fake: FakeKube, core: Any) -> Non
     assert body["message"].startswith("The provided continue parameter is too old")
 
 
+def service_import(name: str, ip: str) -> dict[str, Any]:
+    return {"apiVersion": "multicluster.x-k8s.io/v1alpha1", "kind": "ServiceImport",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"type": "ClusterSetIP", "ips": [ip],
+                     "ports": [{"name": "http", "protocol": "TCP", "port": 80}]}}
+
+
+def test_service_imports_are_listed_and_watched_at_their_crds_group_and_version(
+        fake: FakeKube, api: Any) -> None:
+    fake.apply(service_import("web", "10.42.0.1"))
+    custom = client.CustomObjectsApi(api)
+    listed = custom.list_cluster_custom_object("multicluster.x-k8s.io", "v1alpha1",
+                                               "serviceimports")
+    assert listed["kind"] == "ServiceImportList"
+    assert [i["spec"]["ips"] for i in listed["items"]] == [["10.42.0.1"]]
+    resources = client.ApisApi(api).get_api_versions().groups
+    assert {g.name: g.preferred_version.version for g in resources}[
+        "multicluster.x-k8s.io"] == "v1alpha1"
+    stream = _watch.Watch().stream(
+        custom.list_namespaced_custom_object, "multicluster.x-k8s.io", "v1alpha1", "default",
+        "serviceimports", resource_version=listed["metadata"]["resourceVersion"],
+        timeout_seconds=2)
+    fake.apply(service_import("web", "10.42.0.2"))
+    event = next(stream)
+    assert (event["type"], event["object"]["spec"]["ips"]) == ("MODIFIED", ["10.42.0.2"])
+    assert raw_get(fake, "/apis/multicluster.x-k8s.io/v1/serviceimports")[0] == 404
+
+
+def test_an_uninstalled_crd_answers_404_page_not_found_until_installed_again(
+        fake: FakeKube, api: Any) -> None:
+    fake.apply(service_import("web", "10.42.0.1"))
+    fake.uninstall("serviceimports")
+    path = "/apis/multicluster.x-k8s.io/v1alpha1/namespaces/default/serviceimports"
+    assert raw_get(fake, path) == (404, "404 page not found\n")
+    groups = client.ApisApi(api).get_api_versions().groups
+    assert [g.name for g in groups] == ["discovery.k8s.io"]
+    fake.install("serviceimports")
+    status, body = raw_get(fake, path)
+    assert status == 200 and [i["metadata"]["name"] for i in body["items"]] == ["web"]
+
+
 def test_get_one_object_and_a_404_status(core: Any) -> None:
     assert core.read_namespaced_service("web", "default").spec.cluster_ip
     assert core.read_namespace("prod").metadata.name == "prod"
@@ -224,7 +265,7 @@ def test_discovery_documents_version_and_unknown_paths(fake: FakeKube, api: Any)
     assert client.VersionApi(api).get_code().major == "1"
     assert client.CoreApi(api).get_api_versions().versions == ["v1"]
     groups = client.ApisApi(api).get_api_versions().groups
-    assert [g.name for g in groups] == ["discovery.k8s.io"]
+    assert [g.name for g in groups] == ["discovery.k8s.io", "multicluster.x-k8s.io"]
     resources = client.CoreV1Api(api).get_api_resources().resources
     assert {r.name for r in resources} == {"namespaces", "services", "pods"}
     assert raw_get(fake, "/healthz") == (200, "ok")

@@ -22,7 +22,10 @@ address) relists: a 504 ``ResourceVersionTooLarge``, or a list, event or bookmar
 than the last resourceVersion seen, or -- after a watch that brought nothing, which is
 all a watch cache says below its version -- a one-item list showing the API server
 below ours. An object modified into a malformed one keeps its last good version, on a
-relist as on the watch, until a good version or its deletion.
+relist as on the watch, until a good version or its deletion. A resource a CRD defines
+(the MCS API's ServiceImport, watched only with multicluster zones) that the API server
+does not have (404) counts as listed with no objects: one warning, and it is asked for
+again every ``absent_retry`` seconds while everything else is served.
 
 Until every reflector has listed once, ``changed`` is never called, so the server stays
 unsynced (SERVFAIL) rather than answer NXDOMAIN.
@@ -69,10 +72,14 @@ class Resource:
     kind: Kind
     plural: str
     group: str  # "" for the core group
+    version: str = "v1"
+    # Defined by a CRD that may not be installed: a 404 means "none of these", not an
+    # error (``Reflector.not_installed``).
+    optional: bool = False
 
     def path(self, namespace: str) -> str:
         """The collection's API path, with a ``{namespace}`` parameter when namespaced."""
-        prefix = f"/apis/{self.group}/v1" if self.group else "/api/v1"
+        prefix = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
         scope = "/namespaces/{namespace}" if namespace else ""
         return f"{prefix}{scope}/{self.plural}"
 
@@ -87,6 +94,9 @@ RESOURCES = {
     Kind.SERVICE: Resource(Kind.SERVICE, "services", ""),
     Kind.ENDPOINT_SLICE: Resource(Kind.ENDPOINT_SLICE, "endpointslices", "discovery.k8s.io"),
     Kind.POD: Resource(Kind.POD, "pods", ""),
+    # KEP-1645's ServiceImport (the MCS API's CRD), watched with multicluster zones only.
+    Kind.SERVICE_IMPORT: Resource(Kind.SERVICE_IMPORT, "serviceimports", "multicluster.x-k8s.io",
+                                  "v1alpha1", optional=True),
 }
 
 
@@ -121,6 +131,8 @@ class Tuning:
     # While the API server is unavailable, a summary line at most this often (at the
     # next failed attempt once this much time has passed).
     outage_report: float = 30.0
+    # How often a resource whose CRD is not installed (404) is asked for again.
+    absent_retry: float = 10.0
 
 
 # A watch asks the API server to end it after at most this share of the silence limit
@@ -494,6 +506,7 @@ class Reflector:
         self.held: dict[Key, str] = {}
         self.backoff = Backoff(source.tuning, source.clock, source.rng)
         self._forbidden_logged = False
+        self.absent = False  # an optional resource the API server says it does not have
 
     async def _call(self, request_timeout: float, query: dict[str, Any]) -> Any:
         """GET the collection with ``query`` (list/watch options as the API server
@@ -542,6 +555,10 @@ class Reflector:
                             self.name, exc)
                 self.rv = self.seen = None
             except ApiError as exc:
+                if exc.status == 404 and self.resource.optional:
+                    self.not_installed(exc)
+                    await self.source.sleep(self.source.tuning.absent_retry)
+                    continue
                 self._failed(exc)
                 await self.source.sleep(self.backoff.next_delay(exc.retry_after,
                                                                 listed=self.synced))
@@ -553,6 +570,29 @@ class Reflector:
                 log.log(level, "%s: %s; retrying", self.name, error_text(exc))
                 self.source.outage.failed(self, error_text(exc))
                 await self.source.sleep(self.backoff.next_delay(listed=self.synced))
+
+    def not_installed(self, exc: ApiError) -> None:
+        """A 404 for an optional resource: its CRD is not installed (or was removed).
+        There are none of its objects, which is an answer, so the kind counts as listed
+        (empty) and the rest keeps serving; it is asked for again every
+        ``absent_retry`` seconds. Logged once until it is found."""
+        r = self.resource
+        if not self.absent:
+            self.absent = True
+            log.warning("%s: the API server has no %s.%s/%s (%s): is the CRD installed? "
+                        "Serving as if there were none, and asking again every %g s",
+                        self.name, r.plural, r.group, r.version, exc,
+                        self.source.tuning.absent_retry)
+        self.rv = None
+        self.held.clear()
+        if self.source.store.replace(r.kind, (), self.namespace):
+            self.source.note_change(None)
+        self.backoff.reset()
+        self.source.outage.recovered(self, "found no CRD")
+        self.last_contact = self.source.clock()
+        if not self.synced:
+            self.synced = True
+            self.source.reflector_synced(self)
 
     def _failed(self, exc: ApiError) -> None:
         self.restarts[f"http_{exc.status}"] += 1
@@ -629,6 +669,10 @@ class Reflector:
                         "cluster at the same address); serving what it has now", self.name,
                         rv, self.seen)
         self.seen = rv
+        if self.absent:
+            self.absent = False
+            log.info("%s: the API server serves %s now; listed %d", self.name,
+                     self.resource.plural, len(objs))
         if self.source.store.replace(self.resource.kind, objs, self.namespace):
             self.source.note_change(None)
         self.backoff.reset()
@@ -812,6 +856,8 @@ class KubeSource:
         kinds = [Kind.SERVICE, Kind.ENDPOINT_SLICE]
         if self.config.pods is PodsMode.VERIFIED:
             kinds.append(Kind.POD)
+        if self.config.multicluster_zones:
+            kinds.append(Kind.SERVICE_IMPORT)
         if not self.config.namespaces:
             return [(Kind.NAMESPACE, ""), *((k, "") for k in kinds)]
         # Namespaces are cluster-scoped: a namespace-scoped Role cannot list them, so
@@ -841,7 +887,8 @@ class KubeSource:
         cluster = self.store.cluster()
         if self.config.namespaces:
             extra = tuple(Namespace(ns) for ns in sorted(self.config.namespaces))
-            cluster = Cluster(extra, cluster.services, cluster.endpoint_slices, cluster.pods)
+            cluster = Cluster(extra, cluster.services, cluster.endpoint_slices, cluster.pods,
+                              cluster.service_imports)
         return cluster
 
     def take_pending(self) -> list[Pending]:
@@ -933,6 +980,9 @@ class KubeSource:
                 try:
                     await reflector.list()
                 except ApiError as exc:
+                    if exc.status == 404 and reflector.resource.optional:
+                        reflector.not_installed(exc)
+                        continue
                     hint = (f"; it needs this RBAC rule: {{{reflector.resource.rbac_rule()}}}"
                             if exc.status == 403 else "")
                     raise KubeSourceError(f"{self._cannot_list(reflector)}: {exc}{hint}"

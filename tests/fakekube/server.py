@@ -1,14 +1,16 @@
 """An in-process fake Kubernetes API server that speaks the real HTTP protocol.
 
-Why it exists: clusterdns's live source list+watches Services, EndpointSlices, Namespaces
-and Pods with the real ``kubernetes`` client library (sync and ``kubernetes.aio``). Mocking
+Why it exists: clusterdns's live source list+watches Services, EndpointSlices, Namespaces,
+Pods and (with multicluster zones) the MCS API's ServiceImports with the real
+``kubernetes`` client library (sync and ``kubernetes.aio``). Mocking
 that library would test our guesses about it; running a real apiserver in CI is heavy. So
 this module serves the small subset of the API those clients use -- LIST with
 ``limit``/``continue`` snapshots, label and field selectors, WATCH with replay from a
 resourceVersion, bookmarks, ``timeoutSeconds`` and 410 "Expired" -- over real HTTP(S), and
 adds fault controls (dropped or stalled watches, restarts on the same port, compaction,
-injected 429/5xx, 403s, token rotation, and a restore that winds the resourceVersion
-back as an etcd backup does) so tests can drive the failure paths of a real client.
+injected 429/5xx, 403s, token rotation, a restore that winds the resourceVersion back as
+an etcd backup does, and a CRD uninstalled so that its resource answers 404) so tests can
+drive the failure paths of a real client.
 
 A watch from a resourceVersion the server has not reached (the client's, after a
 restore) is answered the ways real API servers do, chosen per restore (``TOO_NEW_MODES``):
@@ -134,9 +136,13 @@ RESOURCES: Final[tuple[Resource, ...]] = (
         "spec.serviceAccountName", "spec.hostNetwork", "status.phase", "status.podIP",
         "status.nominatedNodeName"}),
     Resource("EndpointSlice", "discovery.k8s.io", "v1", "endpointslices", True, _META_FIELDS),
+    # KEP-1645's ServiceImport, as the MCS API's CRD defines it (see ``uninstall``).
+    Resource("ServiceImport", "multicluster.x-k8s.io", "v1alpha1", "serviceimports", True,
+             _META_FIELDS),
 )
 _BY_KIND: Final = {r.kind: r for r in RESOURCES}
 _BY_GROUP_PLURAL: Final = {(r.group, r.plural): r for r in RESOURCES}
+_VERSIONS: Final = {r.group: r.version for r in RESOURCES}  # one version per group
 
 
 _SHORT_NAMES: Final = {"ns": "namespaces", "svc": "services", "po": "pods"}
@@ -505,7 +511,8 @@ class _Watcher:
 
 
 class FakeKube:
-    """A fake kube-apiserver on 127.0.0.1 for Namespaces, Services, Pods, EndpointSlices.
+    """A fake kube-apiserver on 127.0.0.1 for Namespaces, Services, Pods, EndpointSlices
+    and ServiceImports.
 
     ``port=0`` picks a free port on the first :meth:`start`; later restarts reuse it.
     ``ssl_context`` (a server-side context, e.g. from ``trustme``) serves HTTPS.
@@ -537,6 +544,7 @@ class FakeKube:
         self._watchers: set[_Watcher] = set()
         self._stalled = False
         self._forbidden: set[str] = set()
+        self._uninstalled: set[str] = set()  # plurals whose CRD is not installed
         self._faults: list[_Fault] = []
         self._requests: list[RequestRecord] = []
 
@@ -878,6 +886,27 @@ class FakeKube:
         plural = resource_for(resource).plural
         self._call(lambda: self._forbidden.discard(plural))
 
+    def uninstall(self, resource: str) -> None:
+        """Serve ``resource`` as if its CRD were not installed: every request for it (and
+        its group's discovery document, when the group has nothing else) answers 404
+        ``404 page not found`` in plain text, as kube-apiserver does for a group it does
+        not know; the objects stay stored (a later ``install`` serves them again).
+        Open watches on it end."""
+        plural = resource_for(resource).plural
+
+        def run() -> None:
+            self._uninstalled.add(plural)
+            for w in self._watchers:
+                if w.res.plural == plural:
+                    w.closing = True
+                    w.wake.set()
+        self._call(run)
+
+    def install(self, resource: str) -> None:
+        """Serve ``resource`` again after ``uninstall``."""
+        plural = resource_for(resource).plural
+        self._call(lambda: self._uninstalled.discard(plural))
+
     # ------------------------------------------------------------------ watch controls
 
     @property
@@ -1032,6 +1061,9 @@ class FakeKube:
             return _status_response(404, "NotFound",
                                     "the server could not find the requested resource", {})
         res, namespace, name = parsed
+        if res.plural in self._uninstalled:
+            return web.Response(status=404, text="404 page not found\n",
+                                content_type="text/plain")
         if request.method != "GET":
             return _status_response(405, "MethodNotAllowed",
                                     "the server does not allow this method on the requested "
@@ -1099,26 +1131,31 @@ class FakeKube:
                 "serverAddressByClientCIDRs": [
                     {"clientCIDR": "0.0.0.0/0", "serverAddress": f"{self.host}:{self._port}"}],
             })
-        groups = sorted({r.group for r in RESOURCES if r.group})
+        groups = sorted({r.group for r in RESOURCES
+                         if r.group and r.plural not in self._uninstalled})
         if path == "/apis":
             return _json_response({"kind": "APIGroupList", "apiVersion": "v1",
                                    "groups": [self._group_doc(g) for g in groups]})
         if path.startswith("/apis/") and path.count("/") == 2 and path[6:] in groups:
             return _json_response({"kind": "APIGroup", "apiVersion": "v1",
                                    **self._group_doc(path[6:])})
-        for group_version in {"v1"} | {f"{g}/v1" for g in groups}:
+        for group_version in {"v1"} | {f"{g}/{_VERSIONS[g]}" for g in groups}:
             prefix = "/api/" if group_version == "v1" else "/apis/"
             if path == prefix + group_version:
-                return _json_response(self._resource_list_doc(group_version))
+                return _json_response(self._resource_list_doc(group_version,
+                                                              self._uninstalled))
         return None
 
     @staticmethod
     def _group_doc(group: str) -> dict[str, Any]:
-        gv = {"groupVersion": f"{group}/v1", "version": "v1"}
+        version = _VERSIONS[group]
+        gv = {"groupVersion": f"{group}/{version}", "version": version}
         return {"name": group, "versions": [gv], "preferredVersion": gv}
 
     @staticmethod
-    def _resource_list_doc(group_version: str) -> dict[str, Any]:
+    def _resource_list_doc(group_version: str,
+                           uninstalled: set[str] | frozenset[str] = frozenset()
+                           ) -> dict[str, Any]:
         # kubectl finds ``svc`` through shortNames and ``get all`` through categories.
         resources = [{
             "name": r.plural, "singularName": r.kind.lower(), "namespaced": r.namespaced,
@@ -1127,7 +1164,7 @@ class FakeKube:
                                if plural == r.plural]}
                if r.plural in _SHORT_NAMES.values() else {}),
             **({"categories": ["all"]} if r.kind in ("Service", "Pod") else {}),
-        } for r in RESOURCES if r.api_version == group_version]
+        } for r in RESOURCES if r.api_version == group_version and r.plural not in uninstalled]
         return {"kind": "APIResourceList", "apiVersion": "v1",
                 "groupVersion": group_version, "resources": resources}
 
@@ -1136,7 +1173,7 @@ class FakeKube:
         segs = path.strip("/").split("/")
         if segs[:2] == ["api", "v1"]:
             group, rest = "", segs[2:]
-        elif len(segs) >= 3 and segs[0] == "apis" and segs[2] == "v1":
+        elif len(segs) >= 3 and segs[0] == "apis" and segs[2] == _VERSIONS.get(segs[1]):
             group, rest = segs[1], segs[3:]
         else:
             return None
