@@ -23,6 +23,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from clusterdns import autopath
 from clusterdns.config import Config
 from clusterdns.forward import CacheEntry, Forwarder
 from clusterdns.handler import Handler
@@ -100,6 +101,29 @@ def release_memory() -> None:
         _MALLOC_TRIM(0)
 
 
+def autopath_search(config: Config) -> tuple[str, ...]:
+    """The search domains autopath walks after ``<zone>``: those of the server's own
+    resolv.conf, which the kubelet also gives every ClusterFirst pod (CoreDNS reads
+    /etc/resolv.conf the same way). A file that cannot be read gives none, with a
+    warning: the walk then ends with the name itself, a little sooner than the pod's."""
+    if not config.autopath:
+        return ()
+    path = config.autopath_resolv_conf
+    search: tuple[str, ...] = ()
+    if path:
+        try:
+            search = autopath.read_search(Path(path).read_text(encoding="utf-8",
+                                                               errors="replace"))
+        except OSError as exc:
+            log.warning("autopath: cannot read the search domains of %s (%s); walking "
+                        "none of its own", path, exc.strerror or exc)
+    log.info("autopath on for %s: a pod's search list is walked as <ns>.svc.<zone>, "
+             "svc.<zone>, <zone>%s, then the name itself",
+             ", ".join(config.autopath_zones) or "every forward zone",
+             "".join(f", {d}" for d in search))
+    return search
+
+
 def _kube_source(config: Config) -> KubeSource:
     """The Kubernetes source, imported only when used (``kubernetes`` is slow to import)."""
     from clusterdns.source.kube import KubeSource
@@ -116,6 +140,7 @@ class App:
         # The fast path skips the query log, so logging queries turns it off.
         self.handler = Handler(self.ref, config.max_udp_size, self.forwarder,
                                fast=not config.log_queries)
+        self.handler.autopath_search = autopath_search(config)
         # Per-query observers (SPEC S6): counters only when /metrics is served.
         self.query_metrics = (
             QueryMetrics((*config.zones, *config.multicluster_zones),
@@ -348,6 +373,7 @@ class App:
         # Nothing below can fail: switch.
         self.config = new
         self.handler.max_udp_size = new.max_udp_size
+        self.handler.autopath_search = autopath_search(new)
         if restart:
             await self._stop_source()
             self.file, self.kube = file, kube

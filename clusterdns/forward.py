@@ -30,6 +30,7 @@ from typing import Any
 from cachetools import TLRUCache
 
 from clusterdns import wire
+from clusterdns.autopath import Miss, Step
 from clusterdns.config import Config
 from clusterdns.records import Record, RRType
 from clusterdns.resolve import Outcome
@@ -223,6 +224,69 @@ class Forwarder:
         self.inflight += 1
         labels = query.labels if target is None else wire.labels_of(target)
         return self._forward(query, limit, chain, labels, key, entry, not (chain or ours))
+
+    def candidate(self, query: wire.Query, limit: int, name: str,
+                  cname: Record) -> Step | Awaitable[Step]:
+        """One name of an autopath walk (``clusterdns.autopath``), asked upstream for the
+        query's type, through the cache (keyed by ``name``, the same for every client):
+        ``Miss.NXDOMAIN`` when it does not exist, our reply to ``query`` when it does
+        (``cname`` then the upstream's answer; a NODATA as the upstream gave it, as
+        CoreDNS does), ``Miss.FAILED`` when no answer can be had. The reply answers one
+        client's own search list, so it is never handed to the fast path."""
+        if self.loop_detected or not self.upstreams:
+            return Miss.FAILED
+        do = query.edns is not None and query.edns.do
+        key: CacheKey = (name, query.qtype, query.qclass, do)
+        entry = self._cached(key)
+        if entry is not None:
+            now = self.clock()
+            age = now - entry.stored
+            if age < entry.ttl:
+                self.stats.cache_hits[entry.kind] += 1
+                self._popular(key, entry, now, age, query)
+                return self._walked(query, limit, cname, entry.reply, entry, int(age))
+        self.stats.cache_misses += 1
+        if self.inflight >= self.config.forward_max_concurrent:
+            self.stats.refused_over_cap += 1
+            return Miss.FAILED
+        self.inflight += 1
+        return self._candidate(query, limit, name, cname, key, entry)
+
+    async def _candidate(self, query: wire.Query, limit: int, name: str, cname: Record,
+                         key: CacheKey, old: CacheEntry | None) -> Step:
+        try:
+            reply = await self._ask(wire.labels_of(name), query.qtype, query.qclass, key[3],
+                                    bool(query.flags & wire.FLAG_CD),
+                                    tcp=limit == wire.TCP_MAX)
+            if reply is not None and reply.rcode in (wire.RCODE_NOERROR, wire.RCODE_NXDOMAIN):
+                return self._walked(query, limit, cname, reply, self._store(key, reply), 0)
+            if old is None:
+                old = self._cached(key)
+            if old is not None:
+                self.stats.stale_served += 1
+                return self._walked(query, limit, cname, old.reply, None, 0, stale=True)
+            return Miss.FAILED
+        except Exception:
+            log.exception("error while asking upstream for an autopath candidate; answering "
+                          "the name asked instead")
+            return Miss.FAILED
+        finally:
+            self.inflight -= 1
+
+    def _walked(self, query: wire.Query, limit: int, cname: Record, reply: wire.UpstreamReply,
+                entry: CacheEntry | None, age: int, *, stale: bool = False) -> Step:
+        """What an upstream reply for an autopath candidate means for the walk."""
+        if reply.rcode == wire.RCODE_NXDOMAIN:
+            return Miss.NXDOMAIN
+        if reply.rcode != wire.RCODE_NOERROR:
+            return Miss.FAILED
+        chain = (cname,) if reply.answer else ()
+        if entry is None:
+            return wire.relay(query, reply, limit, self.max_udp_size, chain=chain, stale=stale)
+        floor = (self.config.cache_min_ttl if entry.kind == "success"
+                 else self.config.cache_negative_min_ttl)
+        return wire.relay(query, reply, limit, self.max_udp_size, chain=chain,
+                          ttl_cap=entry.ttl, ttl_floor=floor, age=age)
 
     def _cached(self, key: CacheKey) -> CacheEntry | None:
         for cache in (self.cache, self.denials):

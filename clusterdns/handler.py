@@ -13,6 +13,12 @@ ExternalName CNAME (the upstream's answer follows our CNAME), and names we would
 NXDOMAIN for in a ``fallthrough`` zone. Everything else stays synchronous, and names in
 our zones never reach an upstream otherwise.
 
+With ``autopath`` on, the NXDOMAIN of ``<name>.<ns>.svc.<zone>`` asked from the address
+of the one running ClusterFirst pod of ``<ns>`` is not the answer yet: ``autopath.Walk``
+tries the rest of that pod's search list and answers the first name that exists (the
+server gives ``handle`` the client's address, ``peer``, for this alone). Walked replies,
+and the NXDOMAINs of every name a walk could apply to, never go to the fast path.
+
 The fast path (``fastpath.ReplyCache``) sits in front: the transports try
 ``Handler.fast.lookup`` first, and every reply this handler makes that depends only on
 the snapshot and the query bytes (not forwarded, not an error it logged) is stored there
@@ -27,7 +33,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Protocol
 
-from clusterdns import names, wire
+from clusterdns import autopath, names, wire
 from clusterdns import resolve as resolver
 from clusterdns.fastpath import ReplyCache
 from clusterdns.records import CNAME, Record, RRType
@@ -51,6 +57,9 @@ class Forwarding(Protocol):
                target: str | None = None, *,
                ours: bool = False) -> bytes | Awaitable[Reply]: ...
 
+    def candidate(self, query: wire.Query, limit: int, name: str,
+                  cname: Record) -> autopath.Step | Awaitable[autopath.Step]: ...
+
 
 @dataclass(slots=True)
 class HandlerStats:
@@ -60,6 +69,7 @@ class HandlerStats:
     formerr: int = 0
     errors: int = 0
     truncated: int = 0
+    autopath: int = 0  # queries answered for another name of the pod's search list
 
 
 class Handler:
@@ -71,6 +81,8 @@ class Handler:
         self._forwarder = forwarder
         self.stats = HandlerStats()
         self._rotation = itertools.count(1)
+        # The server's own resolv.conf search domains: autopath walks them after <zone>.
+        self.autopath_search: tuple[str, ...] = ()
 
     # Stored replies depend on these two: changing either forgets them.
     @property
@@ -93,15 +105,17 @@ class Handler:
         if self.fast is not None:
             self.fast.clear()
 
-    def handle(self, data: bytes, tcp: bool = False) -> Reply | Awaitable[Reply]:
+    def handle(self, data: bytes, tcp: bool = False,
+               peer: object = None) -> Reply | Awaitable[Reply]:
         """Reply bytes for one request, None to drop it, or an awaitable of either
-        when the answer needs an upstream. Never raises."""
+        when the answer needs an upstream. Never raises. ``peer`` is the client's
+        address as the socket gives it (only autopath looks at it)."""
         header = wire.peek_header(data)
         if header is None or wire.is_response(header[1]):
             self.stats.dropped += 1
             return None
         try:
-            return self._answer(data, header, tcp)
+            return self._answer(data, header, tcp, peer)
         except Exception:
             self.stats.errors += 1
             log.exception("error while answering a query; replying SERVFAIL")
@@ -116,8 +130,8 @@ class Handler:
                 log.exception("could not even encode SERVFAIL; dropping the query")
                 return None
 
-    def _answer(self, data: bytes, header: tuple[int, int],
-                tcp: bool) -> bytes | Awaitable[Reply]:
+    def _answer(self, data: bytes, header: tuple[int, int], tcp: bool,
+                peer: object = None) -> bytes | Awaitable[Reply]:
         try:
             query = wire.parse(data)
         except wire.Malformed as bad:
@@ -143,6 +157,15 @@ class Handler:
                 if wanted is not None:
                     rotation = wanted
             decision = resolver.resolve(snap, query.qname, query.qtype, rotation)
+            if (decision.outcome is Outcome.NXDOMAIN and not decision.answer
+                    and snap.config.autopath):
+                shaped = autopath.shape(snap, query.qname)
+                if shaped is not None:
+                    fast = None  # this NXDOMAIN must never stand in front of a walk
+                    walked = self._autopath(snap, query, decision, shaped, limit, rotation,
+                                            peer)
+                    if walked is not None:
+                        return walked
             if fwd is not None:
                 onward = _onward(snap, query, decision)
                 if onward is not None:
@@ -157,6 +180,39 @@ class Handler:
             rotations = 1 if reply[2] & 0x02 else _rotations(decision, query.qtype)
             fast.insert(snap, data, tcp, reply, qtype=query.qtype, in_zone=in_zone,
                         rotations=rotations, index=rotation % rotations)
+        return reply
+
+    def _autopath(self, snap: Snapshot, query: wire.Query, decision: Decision,
+                  shaped: tuple[str, str, str], limit: int, rotation: int,
+                  peer: object) -> bytes | Awaitable[Reply] | None:
+        """Walk the asking pod's search list (``clusterdns.autopath``) when it may be:
+        the one pod at ``peer``'s address runs, ClusterFirst, in the namespace the name
+        asked names. None: answer the name as usual."""
+        base, namespace, zone = shaped
+        ip = autopath.source_ip(peer)
+        if ip is None or snap.autopath_namespace(ip) != namespace:
+            return None
+        fwd = self.forwarder
+
+        def normal() -> bytes | Awaitable[Reply]:
+            """The name's own answer, once the walk found nothing."""
+            if fwd is not None:
+                onward = _onward(snap, query, decision)
+                if onward is not None:
+                    return fwd.answer(query, limit, *onward, ours=True)
+            return self._counted(wire.encode(query, decision, limit, self.max_udp_size))
+
+        def succeeded(reply: bytes) -> None:
+            self.stats.autopath += 1
+            self._counted(reply)
+
+        return autopath.Walk(snap, query, zone, autopath.candidates(base, zone,
+                                                                    self.autopath_search),
+                             limit, self.max_udp_size, rotation, fwd, normal, succeeded).run()
+
+    def _counted(self, reply: bytes) -> bytes:
+        if reply[2] & 0x02:
+            self.stats.truncated += 1
         return reply
 
     def _refuse(self, query: wire.Query) -> Decision | None:

@@ -396,6 +396,11 @@ class AppCollector(Collector):
         handler = self.app.handler.stats
         yield CounterMetricFamily("coredns_panics", "A metrics that counts the number of "
                                   "panics.", value=handler.errors)
+        if self.app.config.autopath:  # CoreDNS has it once the autopath plugin is in use
+            walked = CounterMetricFamily("coredns_autopath_success", "Counter of requests "
+                                         "that did autopath.", labels=["server"])
+            walked.add_metric([server], handler.autopath)
+            yield walked
 
     # ----------------------------------------------------------------- cache, forward
 

@@ -35,8 +35,9 @@ from clusterdns.binding import bind_or_explain
 log = logging.getLogger(__name__)
 
 Reply = bytes | None
-Handle = Callable[[bytes, bool], Reply | Awaitable[Reply]]
-"""(query bytes, is_tcp) -> reply bytes, None to send nothing, or an awaitable of either."""
+Handle = Callable[[bytes, bool, Any], Reply | Awaitable[Reply]]
+"""(query bytes, is_tcp, the client's address as the socket gives it) -> reply bytes,
+None to send nothing, or an awaitable of either."""
 Observe = Callable[[bytes, Reply, bool, Any, float], None]
 """(query, reply or None, is_tcp, peer address, time.perf_counter() at receipt)."""
 Fast = Callable[[bytes, int], bytes | None]
@@ -293,7 +294,7 @@ class _UDPProtocol(asyncio.DatagramProtocol):
                 return
         start = time.perf_counter() if self._observe is not None else 0.0
         try:
-            reply = self._handle(data, False)
+            reply = self._handle(data, False, addr)
         except Exception:
             counters.handler_errors += 1
             log.exception("handler raised on a UDP query from %s; dropping it", addr[0])
@@ -545,7 +546,7 @@ class _TCPConnection(asyncio.BufferedProtocol):
                 return
         start = time.perf_counter() if server.observe is not None else 0.0
         try:
-            reply = server.handle(query, True)
+            reply = server.handle(query, True, self.transport.get_extra_info("peername"))
         except Exception:
             server.counters.handler_errors += 1
             log.exception("handler raised on a TCP query from %s; dropping it",

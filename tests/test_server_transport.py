@@ -46,7 +46,7 @@ def _big_reply_tail() -> bytes:
 BIG_TAIL = _big_reply_tail()
 
 
-def answer(data: bytes, tcp: bool) -> bytes | None:
+def answer(data: bytes, tcp: bool, peer: object = None) -> bytes | None:
     """A real (if tiny) DNS handler: one A record for every name but the magic ones."""
     query = dns.message.from_wire(data)
     name = query.question[0].name
@@ -267,6 +267,26 @@ async def test_ipv6_wildcard_shares_a_port_with_the_ipv4_wildcard(servers: Serve
 # --- UDP ------------------------------------------------------------------------------
 
 
+async def test_the_handler_is_given_the_clients_address_over_udp_and_tcp(
+        servers: Servers) -> None:
+    peers: list[tuple[bool, str]] = []
+
+    def recording(data: bytes, tcp: bool, peer: object = None) -> bytes | None:
+        assert isinstance(peer, tuple)
+        peers.append((tcp, peer[0]))
+        return answer(data, tcp)
+
+    server = await servers.start(handle=recording)
+    port = server.bound[0][1]
+    q = query("who.example.")
+    for tcp in (False, True):
+        reply = await asyncio.to_thread(dns.query.tcp if tcp else dns.query.udp, q, LOOPBACK,
+                                        timeout=STEP, port=port, source="127.0.0.9",
+                                        source_port=0)
+        assert_a_reply(reply, "who.example.", q.id)
+    assert peers == [(False, "127.0.0.9"), (True, "127.0.0.9")]
+
+
 async def test_udp_none_reply_sends_no_packet_and_counts_a_drop(servers: Servers) -> None:
     server = await servers.start()
     port = server.bound[0][1]
@@ -336,7 +356,7 @@ async def test_tcp_yields_the_loop_after_the_pipelining_budget_and_still_answers
     ticker = [loop.call_soon(tick)]
     turns_seen: list[int] = []
 
-    def recording(data: bytes, tcp: bool) -> bytes | None:
+    def recording(data: bytes, tcp: bool, peer: object = None) -> bytes | None:
         turns_seen.append(turn)
         return answer(data, tcp)
 
@@ -415,7 +435,7 @@ async def test_many_pipelining_connections_share_one_budget_per_loop_turn(
     ticker = [loop.call_soon(tick)]
     seen: list[tuple[int, bool]] = []  # (loop turn, tcp) per answered query
 
-    def recording(data: bytes, tcp: bool) -> bytes | None:
+    def recording(data: bytes, tcp: bool, peer: object = None) -> bytes | None:
         seen.append((turn, tcp))
         return answer(data, tcp)
 
