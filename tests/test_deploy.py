@@ -46,6 +46,7 @@ from clusterdns.store import Kind
 from conftest import ROOT
 
 KUBE_DIR = ROOT / "config" / "kubernetes"
+MULTICLUSTER_DIR = ROOT / "config" / "kubernetes-multicluster"  # opt-in overlay of KUBE_DIR
 SIDECAR_DIR = ROOT / "config" / "sidecar"
 DOCKERFILE = ROOT / "Dockerfile"
 TIMEOUT = 30.0
@@ -245,6 +246,38 @@ def test_the_cluster_role_grants_only_list_and_watch_on_what_the_corefile_makes_
     role = one(kube_objects, "ClusterRole", "system:coredns")
     assert granted(role["rules"]) == needed
     assert [o["kind"] for o in kube_objects].count("Role") == 0
+
+
+def test_only_the_multicluster_variant_grants_serviceimports_and_its_corefile_watches_them(
+        kube_objects: list[Obj]) -> None:
+    """The base neither serves clusterset.local nor may read ServiceImports; the opt-in
+    overlay adds exactly that: one RBAC rule and the Corefile's multicluster zone, and
+    changes nothing else (SPEC S7)."""
+    imports = ("multicluster.x-k8s.io", "serviceimports")
+    base_role = one(kube_objects, "ClusterRole", "system:coredns")
+    assert imports not in granted(base_role["rules"])
+    base_cfg, _ = corefile.parse(corefile_of(kube_objects))
+    assert base_cfg.multicluster_zones == ()
+    assert imports not in watched(base_cfg)
+
+    variant = kubectl_kustomize(MULTICLUSTER_DIR)
+    cfg, warnings = corefile.parse(corefile_of(variant))
+    assert warnings == []
+    assert cfg.multicluster_zones == ("clusterset.local",)
+    assert cfg.replace(multicluster_zones=()) == base_cfg  # nothing else of the config
+    role = one(variant, "ClusterRole", "system:coredns")
+    assert imports in watched(cfg)
+    assert granted(role["rules"]) == watched(cfg)
+    assert role["rules"][:-1] == base_role["rules"]  # one rule added, the others kept
+    changed = {("ClusterRole", "system:coredns"), ("ConfigMap", "coredns")}
+    by_key = {(o["kind"], o["metadata"]["name"]): o for o in kube_objects}
+    assert {(o["kind"], o["metadata"]["name"]) for o in variant} == set(by_key)
+    for obj in variant:
+        key = (obj["kind"], obj["metadata"]["name"])
+        if key not in changed:
+            assert obj == by_key[key], key
+        sanitize: Callable[[Any], Any] = kclient.ApiClient().sanitize_for_serialization
+        assert sanitize(load_model(obj)) == obj, key
 
 
 def test_the_cluster_role_is_bound_to_the_service_account_the_deployment_runs_as(
