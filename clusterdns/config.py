@@ -125,6 +125,11 @@ class Config:
     cache_prefetch_window: float = 60.0
     cache_prefetch_percentage: int = 10
     serve_stale: float = 3600.0  # seconds an expired answer may be served if upstreams fail
+    # Zone transfers (AXFR; IXFR answered in full) over TCP, for clients at these IP
+    # addresses or CIDR networks, or "*" for anyone (CoreDNS ``transfer { to ... }``).
+    # Empty: off, and every transfer is REFUSED.
+    transfer_to: tuple[str, ...] = ()
+    transfer_zones: tuple[str, ...] = ()  # zones that may be transferred; empty: all ours
     # Operations (SPEC S6); None turns an endpoint off.
     health: ListenAddr | None = ListenAddr("0.0.0.0", 8080)
     ready: ListenAddr | None = ListenAddr("0.0.0.0", 8181)
@@ -240,6 +245,21 @@ def parse_upstream(raw: Any, where: str = "", key: str = "upstreams") -> str:
     if addr.port == 0:
         raise ConfigError(where, key, f"{text!r}: port 0 is not an upstream port")
     return str(addr)
+
+
+def parse_transfer_peer(raw: Any, where: str = "", key: str = "transfer_to") -> str:
+    """``*`` (anyone), an IP address or a CIDR network (``10.0.0.0/8``), normalised."""
+    text = str(raw).strip() if isinstance(raw, str | int) else ""
+    if text == "*":
+        return text
+    try:
+        if "/" in text:
+            return str(ipaddress.ip_network(text))
+        return str(ipaddress.ip_address(text))
+    except ValueError as exc:
+        problem = str(exc) if "host bits" in str(exc) else "expected an IP address, a " \
+            "CIDR network such as 10.0.0.0/8, or * for anyone"
+        raise ConfigError(where, key, f"{raw!r}: {problem}") from None
 
 
 def parse_source(
@@ -382,6 +402,10 @@ def _options(where: str, base: Path | None) -> dict[str, Callable[[Any], Any]]:
         "cache_prefetch_percentage": lambda v: _int(v, where, "cache_prefetch_percentage", 1,
                                                     100),
         "serve_stale": lambda v: _number(v, where, "serve_stale", 0, 7 * 86400),
+        "transfer_to": lambda v: tuple(dict.fromkeys(
+            parse_transfer_peer(x, where) for x in (v or []))),
+        "transfer_zones": lambda v: tuple(dict.fromkeys(
+            parse_zone(str(z), where, "transfer_zones") for z in (v or []))),
         "health": lambda v: parse_endpoint(v, where, "health"),
         "ready": lambda v: parse_endpoint(v, where, "ready"),
         "metrics": lambda v: parse_endpoint(v, where, "metrics"),

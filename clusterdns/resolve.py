@@ -33,6 +33,7 @@ class EDE(int, Enum):
 
     OTHER = 0
     NOT_READY = 14
+    PROHIBITED = 18
     NOT_AUTHORITATIVE = 20
     NOT_SUPPORTED = 21
 

@@ -12,9 +12,10 @@ be written in milliseconds.
 
 from __future__ import annotations
 
+import itertools
 import socket
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -542,6 +543,96 @@ def encode_badvers(query: Query, server_max: int) -> bytes:
     flags = FLAG_QR | (query.flags & (0x7800 | FLAG_RD | FLAG_CD)) | (BADVERS & 0xF)
     return _fit(query, flags, [], 0, TCP_MAX, server_max,
                 (EDE.OTHER, "only EDNS version 0 is supported"), ext_rcode=BADVERS >> 4)
+
+
+# ------------------------------------------------------------------------ zone transfers
+# Packet-level help for ``transfer``: spotting a transfer query cheaply, the serial an
+# IXFR query carries, and a transfer's messages written one at a time.
+
+TRANSFER_MESSAGE = 16_384
+"""Bytes a transfer message is filled to (RFC 5936 allows up to 65,535). BIND fills
+20,480; at this size one message takes about a millisecond to write, which is how long
+a running transfer keeps other queries waiting, and every name of it lies where
+compression pointers (14 bits) can reach."""
+
+
+def question_type(data: bytes) -> int | None:
+    """The type of the first question, read without parsing the rest of the packet;
+    None when there is no readable question."""
+    if len(data) < HEADER.size + 5 or not (data[4] or data[5]):
+        return None
+    pos, end = HEADER.size, len(data)
+    while pos < end:
+        length = data[pos]
+        if length == 0:
+            return data[pos + 1] << 8 | data[pos + 2] if pos + 3 <= end else None
+        if length & 0xC0:
+            return None
+        pos += 1 + length
+    return None
+
+
+def ixfr_serial(query: Query) -> int | None:
+    """The serial of the SOA a client puts in the Authority section of an IXFR query to
+    say which version it holds (RFC 1995 §3); None when there is none."""
+    data = query.raw
+    if len(data) < HEADER.size:
+        return None
+    qd, an, ns, _ = struct.unpack_from("!HHHH", data, 4)
+    try:
+        pos = HEADER.size
+        for _ in range(qd):
+            pos = _read_labels(data, pos)[1] + 4
+        for index in range(an + ns):
+            pos = _read_name(data, pos)[1]
+            rtype, _, _, rdlen = _RR_FIXED.unpack_from(data, pos)
+            pos += 10
+            if index >= an and rtype == rr.RRType.SOA:
+                at = _read_name(data, _read_name(data, pos)[1])[1]
+                if at + 20 > pos + rdlen or at + 20 > len(data):
+                    return None
+                serial: int = struct.unpack_from("!I", data, at)[0]
+                return serial
+            pos += rdlen
+    except (_Bad, struct.error):
+        return None
+    return None
+
+
+def transfer_messages(query: Query, soa: Record, records: Iterable[Record], server_max: int,
+                      size: int = TRANSFER_MESSAGE) -> Generator[bytes, None, None]:
+    """The messages of a full zone transfer (RFC 5936 §2.2): the SOA, ``records``, the
+    SOA again, as many records per message as fit ``size`` bytes (never more than
+    65,535). Written one message per step, so a transfer of any size holds one message
+    at a time. Every message has the query's ID, opcode, RD and CD, QR and AA, owner
+    names in the query's letter case, names compressed within the message, and our
+    OPT when the query had one; only the first repeats the question.
+    """
+    flags = FLAG_QR | FLAG_AA | (query.flags & (0x7800 | FLAG_RD | FLAG_CD))
+    room = min(size, TCP_MAX) - (OPT_FIXED if query.edns is not None else 0)
+    question = query.question
+    msg = _Message(query.id, flags, question, query.labels)
+    count = 0
+    for rec in itertools.chain((soa,), records, (soa,)):
+        mark = msg.mark()
+        msg.record(rec, query)
+        if len(msg.buf) > room and count:
+            msg.rollback(mark)
+            yield _transfer_message(msg, query, flags, question, count, server_max)
+            question = b""
+            msg = _Message(query.id, flags, b"", query.labels)
+            msg.record(rec, query)
+            count = 0
+        count += 1
+    yield _transfer_message(msg, query, flags, question, count, server_max)
+
+
+def _transfer_message(msg: _Message, query: Query, flags: int, question: bytes,
+                      count: int, server_max: int) -> bytes:
+    if query.edns is not None:
+        msg.opt(server_max, 0, query.edns.do, None)
+    return msg.finish(flags, (1 if question else 0, count, 0,
+                              1 if query.edns is not None else 0))
 
 
 # --------------------------------------------------------------------------- forwarding

@@ -40,6 +40,8 @@ SAMPLES: dict[str, str] = {
     "fallthrough": "in-addr.arpa",
     "autopath_zones": "cluster.local",
     "multicluster_zones": "clusterset.local",
+    "transfer_to": "10.0.0.0/8",
+    "transfer_zones": "in-addr.arpa",
 }
 
 
