@@ -1,7 +1,7 @@
 """The Kubernetes DNS-Based Multicluster Service Discovery spec as functions (SPEC §S7).
 
 Why this module exists: a multicluster zone (``clusterset.local``) is answered by other
-rules than a cluster zone (KEP-1645, ``specification.md``, schema 1.0.0), from other
+rules than a cluster zone (KEP-1645, its DNS specification, schema 1.0.0), from other
 objects: ServiceImports and the EndpointSlices an MCS controller imported for them,
 each from one source cluster. Keeping those rules apart from ``records`` (the
 cluster-local spec) keeps each spec readable on its own and lets the snapshot builder

@@ -8,6 +8,8 @@ Kubernetes source against the fake API server.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import pickle
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from clusterdns.records import SRV, A, Record, RRType, to_text
 from clusterdns.resolve import Outcome, resolve
 from clusterdns.snapshot import build
 from clusterdns.source.dump import load_files
+from clusterdns.source.file import FileSource
 
 ZONE = "clusterset.local"
 MC = Config(multicluster_zones=(ZONE,))
@@ -148,6 +151,28 @@ def test_a_dump_serves_service_imports_and_imported_slices(tmp_path: Path) -> No
         ServiceImport("test", "web", ServiceKind.CLUSTER_IP, ("10.42.0.1",)),)
     assert result.warnings == (f"{path}: document 1, item 2 (ServiceImport test/bad): "
                                'spec.type: "Nope" is not ClusterSetIP or Headless',)
+
+
+def test_the_file_source_serves_service_imports_from_its_first_load_and_its_reloads(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "dump.yaml"
+    path.write_text(
+        "apiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceImport\n"
+        "metadata: {name: web, namespace: test}\nspec: {ips: [10.42.0.1]}\n",
+        encoding="utf-8")
+    want = (ServiceImport("test", "web", ServiceKind.CLUSTER_IP, ("10.42.0.1",)),)
+    caplog.set_level(logging.INFO, logger="clusterdns.source.file")
+    first = FileSource([path])
+    assert first.load().service_imports == want  # in this process
+    assert "0 pods, 1 service imports from" in caplog.text
+
+    async def reload() -> Cluster:  # in the loader's child process
+        source = FileSource([path])
+        try:
+            return await source.load_async()
+        finally:
+            await source.close()
+    assert asyncio.run(reload()).service_imports == want
 
 
 # ------------------------------------------------------------------------ the rules

@@ -1,7 +1,7 @@
 """§S7 Multicluster: ``clusterset.local`` from ServiceImports, end to end.
 
-The Kubernetes DNS-Based Multicluster Service Discovery spec (KEP-1645,
-``specification.md``, schema 1.0.0) row by row, as a pod would see it: clusterdns runs the
+The Kubernetes DNS-Based Multicluster Service Discovery spec (KEP-1645, its DNS
+specification, schema 1.0.0) row by row, as a pod would see it: clusterdns runs the
 Kubernetes source with the real ``kubernetes`` client against the in-repo fake API
 server, which holds ServiceImports (``multicluster.x-k8s.io/v1alpha1``) and EndpointSlices
 an MCS controller imported from two clusters (``cluster-a`` and ``cluster-b``), beside

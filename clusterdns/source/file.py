@@ -97,7 +97,8 @@ class FileSource:
         started = self._clock()
         result = load_files(self._paths)
         c = result.cluster
-        objects: list[KubeObject] = [*c.namespaces, *c.services, *c.endpoint_slices, *c.pods]
+        objects: list[KubeObject] = [*c.namespaces, *c.services, *c.endpoint_slices, *c.pods,
+                                     *c.service_imports]
         by_kind = _by_kind(objects)
         self._log_load(result, by_kind, self._clock() - started)
         for kind, objs in by_kind.items():
