@@ -54,6 +54,7 @@ from clusterdns.source import KubeSourceError
 from clusterdns.source.dump import SourceError
 from clusterdns.source.file import FileSource
 from clusterdns.store import Key, Kind
+from clusterdns.transfer import TransferPolicy
 from clusterdns.wire import Query
 
 if TYPE_CHECKING:
@@ -141,6 +142,7 @@ class App:
         self.handler = Handler(self.ref, config.max_udp_size, self.forwarder,
                                fast=not config.log_queries)
         self.handler.autopath_search = autopath_search(config)
+        self.handler.transfers = TransferPolicy.of(config)  # zone transfers: None is off
         # Per-query observers (SPEC S6): counters only when /metrics is served.
         self.query_metrics = (
             QueryMetrics((*config.zones, *config.multicluster_zones),
@@ -159,7 +161,8 @@ class App:
             tcp_idle_timeout=config.tcp_idle_timeout,
             tcp_max_connections=config.tcp_max_connections,
             reuse_port=config.workers > 1), observe=self._observer(),
-            fast=self.handler.fast.lookup if self.handler.fast is not None else None)
+            fast=self.handler.fast.lookup if self.handler.fast is not None else None,
+            transfer=self.handler.transfer)
         self.latency = Latency()
         self.gc_pauses = GcPauses()
         self.sync_duration: float | None = None  # seconds from start() to the first sync
@@ -374,6 +377,7 @@ class App:
         self.config = new
         self.handler.max_udp_size = new.max_udp_size
         self.handler.autopath_search = autopath_search(new)
+        self.handler.transfers = TransferPolicy.of(new)
         if restart:
             await self._stop_source()
             self.file, self.kube = file, kube

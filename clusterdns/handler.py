@@ -22,7 +22,14 @@ and the NXDOMAINs of every name a walk could apply to, never go to the fast path
 The fast path (``fastpath.ReplyCache``) sits in front: the transports try
 ``Handler.fast.lookup`` first, and every reply this handler makes that depends only on
 the snapshot and the query bytes (not forwarded, not an error it logged) is stored there
-for the next identical query, rotations of round-robin RRsets included.
+for the next identical query, rotations of round-robin RRsets included. Zone transfer
+queries never are: whether one is allowed depends on who asks.
+
+Zone transfers over TCP go through ``Handler.transfer`` instead (the server calls it
+with the client's address for every TCP query the fast path did not answer): it refuses
+them (client not in ``transfer_to``, zone not in ``transfer_zones``, too many running),
+says an IXFR client is up to date, or starts a ``transfer.Transfer`` whose messages the
+server writes one at a time. Over UDP, ``handle`` refuses them.
 """
 
 from __future__ import annotations
@@ -30,8 +37,8 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Awaitable
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from clusterdns import autopath, names, wire
 from clusterdns import resolve as resolver
@@ -39,12 +46,14 @@ from clusterdns.fastpath import ReplyCache
 from clusterdns.records import CNAME, Record, RRType
 from clusterdns.resolve import EDE, Decision, Outcome
 from clusterdns.snapshot import Snapshot, SnapshotRef
+from clusterdns.transfer import MAX_TRANSFERS, REFUSED, UP_TO_DATE, Transfer, TransferPolicy
 
 log = logging.getLogger(__name__)
 
 CLASS_IN = 1
 CLASS_ANY = 255
 META_TYPES = frozenset({RRType.OPT, RRType.MAILA, RRType.MAILB, 249, 250})  # + TKEY, TSIG
+TRANSFER_TYPES = (RRType.AXFR, RRType.IXFR)
 
 
 Reply = bytes | None
@@ -70,6 +79,13 @@ class HandlerStats:
     errors: int = 0
     truncated: int = 0
     autopath: int = 0  # queries answered for another name of the pod's search list
+    transfers: dict[tuple[str, str], int] = field(default_factory=dict)
+    """Zone transfers by (zone, result): ``transfer.COMPLETE``, ``ABORTED``,
+    ``UP_TO_DATE``, ``REFUSED``. Zones are ours, results a fixed set."""
+
+    def count_transfer(self, zone: str, result: str) -> None:
+        key = (zone, result)
+        self.transfers[key] = self.transfers.get(key, 0) + 1
 
 
 class Handler:
@@ -83,6 +99,9 @@ class Handler:
         self._rotation = itertools.count(1)
         # The server's own resolv.conf search domains: autopath walks them after <zone>.
         self.autopath_search: tuple[str, ...] = ()
+        self.transfers: TransferPolicy | None = None  # None: zone transfers are off
+        self.max_transfers = MAX_TRANSFERS
+        self.transfers_running = 0
 
     # Stored replies depend on these two: changing either forgets them.
     @property
@@ -156,7 +175,10 @@ class Handler:
                 wanted = fast.wanted_rotation(data, tcp)
                 if wanted is not None:
                     rotation = wanted
-            decision = resolver.resolve(snap, query.qname, query.qtype, rotation)
+            if query.qtype in TRANSFER_TYPES and in_zone and snap.synced:
+                decision = self._transfer_refused(query, snap, tcp)
+            else:
+                decision = resolver.resolve(snap, query.qname, query.qtype, rotation)
             if (decision.outcome is Outcome.NXDOMAIN and not decision.answer
                     and snap.config.autopath):
                 shaped = autopath.shape(snap, query.qname)
@@ -174,13 +196,102 @@ class Handler:
         if reply[2] & 0x02:
             self.stats.truncated += 1
         # Out-of-zone replies are stored only without a forwarder (else metrics would count
-        # them as forwarded).
-        if fast is not None and (in_zone or fwd is None):
+        # them as forwarded); transfer queries never (their answer depends on the client).
+        if fast is not None and (in_zone or fwd is None) and query.qtype not in TRANSFER_TYPES:
             # TC: the answer RRset did not fit, so every rotation is the same reply.
             rotations = 1 if reply[2] & 0x02 else _rotations(decision, query.qtype)
             fast.insert(snap, data, tcp, reply, qtype=query.qtype, in_zone=in_zone,
                         rotations=rotations, index=rotation % rotations)
         return reply
+
+    def _transfer_refused(self, query: wire.Query, snap: Snapshot, tcp: bool) -> Decision:
+        """A transfer query of one of our zones that reached ``handle``: REFUSED."""
+        zone = snap.zone_for(query.qname) or ""
+        if self.transfers is None:
+            why = "zone transfer is not enabled"
+        elif not tcp:
+            why = "zone transfer is only over TCP"
+        else:  # the server hands TCP transfers to ``transfer``; without it, no client address
+            why = "zone transfer needs the client's address"
+        self.stats.count_transfer(zone, REFUSED)
+        return Decision(Outcome.REFUSED, ede=(EDE.NOT_SUPPORTED, why))
+
+    def transfer(self, data: bytes, peer: Any) -> bytes | Transfer | None:
+        """A zone transfer asked over TCP by ``peer`` (the socket's address tuple).
+
+        Returns a started ``Transfer`` (an iterator of messages, which the server must
+        ``finish``), the one reply that refuses it or tells an IXFR client it is up to
+        date, or None when ``data`` is not a transfer of one of our zones that can be
+        answered now (``handle`` answers it like any other query: FORMERR, REFUSED out
+        of our zones, SERVFAIL before the first sync). Never raises.
+        """
+        policy = self.transfers
+        if policy is None or wire.question_type(data) not in TRANSFER_TYPES:
+            return None
+        header = wire.peek_header(data)
+        if header is None or wire.is_response(header[1]):
+            return None
+        try:
+            return self._transfer(data, peer, policy)
+        except Exception:
+            self.stats.errors += 1
+            log.exception("error while starting a zone transfer; replying SERVFAIL")
+            try:
+                return wire.encode_error(wire.parse(data), header, b"", Outcome.SERVFAIL,
+                                         self.max_udp_size)
+            except Exception:
+                return None
+
+    def _transfer(self, data: bytes, peer: Any,
+                  policy: TransferPolicy) -> bytes | Transfer | None:
+        try:
+            query = wire.parse(data)
+        except wire.Malformed:
+            return None
+        if (query.opcode != 0 or query.qdcount != 1 or query.qclass not in (CLASS_IN, CLASS_ANY)
+                or (query.edns is not None and query.edns.version != 0)):
+            return None
+        snap = self.ref.get()
+        zone = snap.zone_for(query.qname)
+        if zone is None or not snap.synced:
+            return None
+        host = str(peer[0]) if isinstance(peer, tuple | list) and peer else str(peer or "")
+        ede: tuple[EDE, str] | None = None
+        if not policy.allows(host):
+            ede = (EDE.PROHIBITED, f"zone transfer of {zone} is not allowed to {host or '?'}")
+        elif query.qname != zone or not policy.covers(zone):
+            enabled = [z for z in snap.zones[::-1] if policy.covers(z)]
+            what = (f"{query.qname} is not a zone" if query.qname != zone
+                    else f"zone transfer of {zone} is not enabled")
+            ede = (EDE.NOT_SUPPORTED, f"{what}; zones that transfer: "
+                                      f"{', '.join(enabled) or 'none'}")
+        elif self.transfers_running >= self.max_transfers:
+            ede = (EDE.OTHER, f"too many zone transfers running ({self.transfers_running}); "
+                              "try again shortly")
+        if ede is not None:
+            self.stats.count_transfer(zone, REFUSED)
+            return wire.encode(query, Decision(Outcome.REFUSED, ede=ede), wire.TCP_MAX,
+                               self.max_udp_size)
+        if query.qtype == RRType.IXFR:
+            serial = wire.ixfr_serial(query)
+            if serial is None:
+                self.stats.formerr += 1
+                return wire.encode(query, Decision(Outcome.FORMERR, ede=(
+                    EDE.OTHER, "IXFR needs the SOA the client holds in the Authority "
+                               "section (RFC 1995)")), wire.TCP_MAX, self.max_udp_size)
+            if serial == snap.serial:
+                # Up to date: the current SOA alone (RFC 1995 §2). Any other serial, older
+                # or not (ours restart at 1 with the process), gets the whole zone (§4).
+                self.stats.count_transfer(zone, UP_TO_DATE)
+                return wire.encode(query, Decision(Outcome.SUCCESS, (snap.soa(zone),),
+                                                   authoritative=True),
+                                   wire.TCP_MAX, self.max_udp_size)
+        self.transfers_running += 1
+        return Transfer(query, snap, zone, host, self.max_udp_size, self._transfer_ended)
+
+    def _transfer_ended(self, transfer: Transfer, result: str) -> None:
+        self.transfers_running -= 1
+        self.stats.count_transfer(transfer.zone, result)
 
     def _autopath(self, snap: Snapshot, query: wire.Query, decision: Decision,
                   shaped: tuple[str, str, str], limit: int, rotation: int,

@@ -488,6 +488,13 @@ class AppCollector(Collector):
                                   value=app.handler.stats.truncated + (
                                       app.handler.fast.hits.truncated()
                                       if app.handler.fast is not None else 0))
+        transfers = CounterMetricFamily(
+            "clusterdns_transfers", "Zone transfers (AXFR, IXFR) per zone and result: "
+            "complete, aborted (the client went away), up_to_date (IXFR: the SOA alone), "
+            "refused.", labels=["zone", "result"])
+        for (zone, result), count in sorted(app.handler.stats.transfers.items()):
+            transfers.add_metric([zone, result], count)
+        yield transfers
         gc_pauses = HistogramMetricFamily(
             "clusterdns_gc_pause_seconds", "Seconds each cyclic garbage collection stopped "
             "the process, per generation.", labels=["generation"])

@@ -11,7 +11,11 @@ because it runs inline on the event loop. When an answer needs I/O (a forwarded 
 the handler returns an awaitable instead of bytes; the server runs it as a task and sends
 its reply when it is done (TCP replies may then leave out of order, RFC 7766 §6.2.1.1).
 An optional observer sees every query with its reply, transport, peer and start time:
-metrics and the query log hang there. An optional fast function is tried before all of
+metrics and the query log hang there. An optional transfer function sees each TCP query
+the fast path did not answer, with the client's address: for a zone transfer it returns
+the reply, or a stream of messages, which the connection writes one per loop turn as the
+client reads them (``_TCPConnection._stream``), answering nothing else on that
+connection meanwhile. An optional fast function is tried before all of
 that: given the query bytes and the listener's slot (transport and address family, see
 ``fastpath``), it returns a finished reply or None; a reply it gives is sent at once,
 without the handler and without the observer (it counts itself).
@@ -26,7 +30,7 @@ import logging
 import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -42,6 +46,22 @@ Observe = Callable[[bytes, Reply, bool, Any, float], None]
 """(query, reply or None, is_tcp, peer address, time.perf_counter() at receipt)."""
 Fast = Callable[[bytes, int], bytes | None]
 """(query bytes, slot: 0 UDP/IPv4, 1 UDP/IPv6, 2 TCP/IPv4, 3 TCP/IPv6) -> reply or None."""
+
+
+class Stream(Protocol):
+    """Many messages answering one query (a zone transfer, ``transfer.Transfer``): each
+    ``next`` makes one; ``finish`` must be called once it ends, complete or not."""
+
+    def __iter__(self) -> Iterator[bytes]: ...
+
+    def __next__(self) -> bytes: ...
+
+    def finish(self, complete: bool) -> None: ...
+
+
+TransferHook = Callable[[bytes, Any], bytes | Stream | None]
+"""(TCP query bytes, peer address) -> the reply, a stream of replies, or None: not a
+transfer, ask the handler."""
 
 MAX_TCP_MESSAGE = 65535
 _BIND_ATTEMPTS = 5
@@ -96,11 +116,13 @@ class DNSServer:
     """UDP and TCP listeners on one or more addresses, all feeding one handler."""
 
     def __init__(self, handle: Handle, options: ServerOptions,
-                 observe: Observe | None = None, fast: Fast | None = None) -> None:
+                 observe: Observe | None = None, fast: Fast | None = None,
+                 transfer: TransferHook | None = None) -> None:
         self.handle = handle
         self.options = options
         self.observe = observe
         self.fast = fast
+        self.transfer = transfer
         self._deferred: set[asyncio.Task[Reply]] = set()
         self.counters = ServerCounters()
         self.bound: list[tuple[str, int]] = []
@@ -434,6 +456,9 @@ class _TCPConnection(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.in_line = False
+        self._stream: asyncio.Task[None] | None = None  # a transfer being written
+        self._drained: asyncio.Future[None] | None = None  # set when writing may go on
+        self._peer: Any = None
         self._buffer = bytearray()
         self._accepted = False
         self._eof = False
@@ -453,6 +478,7 @@ class _TCPConnection(asyncio.BufferedProtocol):
             return
         self._accepted = True
         self._slot = 3 if _is_ipv6(tr) else 2
+        self._peer = tr.get_extra_info("peername")
         tr.set_write_buffer_limits(high=server.options.tcp_write_high_water)
         loop = asyncio.get_running_loop()
         self._last_query = loop.time()
@@ -479,12 +505,20 @@ class _TCPConnection(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        self._wake()
         self._ready()
+
+    def _wake(self) -> None:
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._accepted:
             self.server._release(self)
         self.server.turns.forget(self)
+        self._wake()
+        if self._stream is not None:
+            self._stream.cancel()
         if self._idle_timer is not None:
             self._idle_timer.cancel()
         self._buffer.clear()
@@ -495,6 +529,9 @@ class _TCPConnection(asyncio.BufferedProtocol):
         a half-close once everything is answered."""
         if self.in_line or self.transport.is_closing():
             return
+        if self._stream is not None:  # later queries wait for the transfer to end
+            self.update_reading()
+            return
         if self.has_complete_query() and self.can_answer():
             self.server.turns.request(self)
         elif self._eof and not self._write_paused:
@@ -503,7 +540,8 @@ class _TCPConnection(asyncio.BufferedProtocol):
             self.update_reading()
 
     def can_answer(self) -> bool:
-        return not self._write_paused and not self.transport.is_closing()
+        return (not self._write_paused and self._stream is None
+                and not self.transport.is_closing())
 
     def has_complete_query(self) -> bool:
         """A whole message (or a zero length, which ends the connection) is buffered."""
@@ -516,7 +554,7 @@ class _TCPConnection(asyncio.BufferedProtocol):
         buf = self._buffer
         start = answered = 0
         while answered < limit and not self._write_paused and not tr.is_closing() \
-                and len(buf) - start >= 2:
+                and self._stream is None and len(buf) - start >= 2:
             length = buf[start] << 8 | buf[start + 1]
             if length == 0:
                 log.debug("zero-length TCP message; closing the connection")
@@ -530,7 +568,8 @@ class _TCPConnection(asyncio.BufferedProtocol):
             answered += 1
             self._answer(query)
         del buf[:start]
-        if self._eof and not self.has_complete_query() and not self._write_paused:
+        if self._eof and not self.has_complete_query() and not self._write_paused \
+                and self._stream is None:
             tr.close()
         return answered
 
@@ -545,6 +584,15 @@ class _TCPConnection(asyncio.BufferedProtocol):
                 self.transport.write(len(hit).to_bytes(2, "big") + hit)
                 return
         start = time.perf_counter() if server.observe is not None else 0.0
+        if server.transfer is not None:
+            out = server.transfer(query, self._peer)
+            if out is not None:
+                if isinstance(out, bytes):
+                    self._send(query, out, start)
+                else:
+                    self._stream = asyncio.ensure_future(self._write_stream(query, out, start))
+                    self.update_reading()
+                return
         try:
             reply = server.handle(query, True, self.transport.get_extra_info("peername"))
         except Exception:
@@ -573,11 +621,47 @@ class _TCPConnection(asyncio.BufferedProtocol):
             return
         self.transport.write(len(reply).to_bytes(2, "big") + reply)
 
+    async def _write_stream(self, query: bytes, stream: Stream, start: float) -> None:
+        """Write a transfer's messages one per loop turn, so that UDP and the other
+        connections are served between them; wait while the client is not reading
+        (more than the high-water mark unsent); stop when the connection closes. Each
+        message written counts as activity for the idle timeout."""
+        server, tr = self.server, self.transport
+        loop = asyncio.get_running_loop()
+        complete = False
+        try:
+            for count, message in enumerate(stream):
+                if count == 0 and server.observe is not None:
+                    server.observe(query, message, True, self._peer, start)
+                if tr.is_closing():
+                    break
+                if len(message) > MAX_TCP_MESSAGE:
+                    raise ValueError(f"a transfer message of {len(message)} bytes")
+                tr.write(len(message).to_bytes(2, "big") + message)
+                self._last_query = loop.time()
+                if self._write_paused:
+                    self._drained = loop.create_future()
+                    await self._drained
+                    self._drained = None
+                else:
+                    await asyncio.sleep(0)
+            else:
+                complete = not tr.is_closing()
+        except Exception:
+            server.counters.handler_errors += 1
+            log.exception("zone transfer to %s failed; closing the connection", self._peer)
+            tr.close()
+        finally:
+            stream.finish(complete)
+            self._stream = None
+        self._ready()
+
     def update_reading(self) -> None:
         tr = self.transport
         if self._eof or tr.is_closing():
             return
-        want_paused = self._write_paused or self.in_line
+        want_paused = (self._write_paused or self.in_line
+                       or (self._stream is not None and self.has_complete_query()))
         if want_paused != self._reading_paused:
             if want_paused:
                 tr.pause_reading()

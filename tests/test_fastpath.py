@@ -40,7 +40,8 @@ SERVER_MAX = 1232
 HEADLESS = "httpenv-headless.default.svc.cluster.local"
 WEB = "web.default.svc.cluster.local"
 BIG = "big.team-a.svc.cluster.local"  # headless, too many addresses for 512 bytes
-QTYPES = (1, 28, 33, 12, 16, 2, 6, 5, 255, 15, 13, 65, 99, 252)  # ... MX HINFO HTTPS SPF AXFR
+QTYPES = (1, 28, 33, 12, 16, 2, 6, 5, 255, 15, 13, 65, 99)  # ... MX HINFO HTTPS SPF
+# (AXFR and IXFR are never stored: test_zone_transfer_queries_are_never_stored)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -212,6 +213,25 @@ def test_queries_with_edns_options_or_odd_shapes_are_never_stored(ref: SnapshotR
             assert handler.handle(data, False) is not None
             assert handler.fast.lookup(data, UDP4) is None
     assert len(handler.fast) == 0
+
+
+def test_zone_transfer_queries_are_never_stored(ref: SnapshotRef) -> None:
+    """Whether a transfer is allowed depends on the client's address, which is not in
+    the query bytes the fast path keys on; with transfers off, over UDP and over TCP."""
+    handler = Handler(ref, SERVER_MAX)
+    assert handler.fast is not None
+    for zone in ("cluster.local", "in-addr.arpa"):
+        for qtype in (252, 251):  # AXFR, IXFR
+            data = make_query(zone, qtype, payload=1232)
+            assert plain_query(data)
+            for tcp, slot in ((False, UDP4), (True, TCP4)):
+                for _ in range(2):
+                    reply = handler.handle(data, tcp)
+                    assert isinstance(reply, bytes) and reply[3] & 0x0F == 5  # REFUSED
+                    assert handler.fast.lookup(data, slot) is None
+    assert len(handler.fast) == 0
+    handler.handle(make_query(WEB, 1, payload=1232), False)
+    assert len(handler.fast) == 1  # other queries still are
 
 
 def test_stored_round_robin_answers_cycle_through_every_rotation(ref: SnapshotRef) -> None:

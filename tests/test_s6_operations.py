@@ -178,7 +178,7 @@ OWN = ("clusterdns_snapshot_serial", "clusterdns_data_age_seconds", "clusterdns_
        "coredns_forward_requests", "coredns_forward_responses",
        "coredns_forward_request_duration_seconds",
        "coredns_kubernetes_dns_programming_duration_seconds", "clusterdns_gc_pause_seconds",
-       "clusterdns_objects_held_back")
+       "clusterdns_objects_held_back", "clusterdns_transfers")
 
 
 def test_metrics_carry_every_coredns_name_and_label_set_and_count_queries(
