@@ -402,6 +402,7 @@ class _Builder:
             "loadbalance": self.loadbalance,
             "log": self.log_,
             "bind": self.bind,
+            "transfer": lambda d: self.transfer(d, key_zones),
         }
         once = set(handlers) - {"errors", "log"}
         self.changes.update(health=None, ready=None, metrics=None, lameduck=0.0,
@@ -830,3 +831,44 @@ class _Builder:
                 raise self.fail(d.line, "bind", f"{text!r}: expected an IP address "
                                                 "(interface names are not supported)") from None
         self.binds = tuple(dict.fromkeys(hosts))
+
+    def transfer(self, d: Directive, key_zones: tuple[str, ...]) -> None:
+        """``transfer [ZONES...] { to ADDRESS... }``: zone transfers to those clients
+        (``*``: anyone; a CIDR network is our extension) of those zones, else of the
+        server block's (every zone of ours for ``.``). CoreDNS also sends NOTIFY to the
+        ``to`` addresses, to their port, from the ``source`` address; clusterdns sends no
+        NOTIFY, so a port and ``source`` change nothing here."""
+        zones = [self.zone(z, d.line, "transfer") for z in d.args] or list(key_zones)
+        peers: list[str] = []
+        for opt in d.block or ():
+            key = f"transfer {opt.name}"
+            self.no_block(opt, key)
+            if opt.name == "to":
+                peers += [self.transfer_peer(text, opt.line, key)
+                          for text in self.nargs(opt, key, 1, None)]
+            elif opt.name == "source":
+                (value,) = self.nargs(opt, key, 1, 1)
+                try:
+                    ipaddress.ip_address(value)
+                except ValueError:
+                    raise self.fail(opt.line, key, f"{value!r}: expected an IP address") \
+                        from None
+            else:
+                self.warn(opt.line, key, "option not supported by clusterdns; ignored")
+        if not peers:
+            raise self.fail(d.line, "transfer", "needs 'to ADDRESS...' (or 'to *') in its "
+                                                "{ } block")
+        self.changes["transfer_to"] = tuple(dict.fromkeys(peers))
+        self.changes["transfer_zones"] = tuple(dict.fromkeys(z for z in zones if z != "."))
+
+    def transfer_peer(self, text: str, line: int, key: str) -> str:
+        """``*``, an IP address or CIDR network, or ``IP:PORT`` / ``[V6]:PORT`` (the port
+        is where CoreDNS would send NOTIFY)."""
+        try:
+            return config.parse_transfer_peer(text, key=key)
+        except ConfigError as exc:
+            problem = exc.problem
+        try:
+            return config.parse_transfer_peer(config.parse_listen(text, key=key).host, key=key)
+        except ConfigError:
+            raise self.fail(line, key, problem) from None

@@ -25,6 +25,7 @@ import dns.exception
 import dns.message
 import dns.query
 import dns.rcode
+import dns.rdatatype
 import pytest
 
 from clusterdns import corefile
@@ -343,6 +344,14 @@ BROKEN = {
                           2, "kubernetes"),
     "unclosed-quote": (".:53 {\n    kubernetes \"cluster.local\n}\n", 2, "syntax"),
     "loop-with-argument": (".:53 {\n    kubernetes cluster.local\n    loop 5\n}\n", 3, "loop"),
+    "transfer-without-to": (minimal("    transfer {\n        source 10.0.0.53\n    }\n"),
+                            3, "transfer"),
+    "transfer-to-nothing": (minimal("    transfer {\n        to\n    }\n"), 4, "transfer to"),
+    "transfer-to-a-name": (minimal("    transfer {\n        to ns1.example.com\n    }\n"),
+                           4, "transfer to"),
+    "transfer-twice": (minimal("    transfer {\n        to *\n    }\n"
+                               "    transfer in-addr.arpa {\n        to *\n    }\n"),
+                       6, "transfer"),
 }
 
 
@@ -633,3 +642,65 @@ def test_an_unknown_forward_option_and_contradicting_ones_warn_with_their_line(
         f"{path}:4: forward tls_servername: option not supported by clusterdns; ignored",
         f"{path}:3: forward: force_tcp and prefer_udp together: force_tcp wins"]
     assert cfg.forward_force_tcp and not cfg.forward_prefer_udp
+
+
+# ------------------------------------------------------------------------ transfer
+
+
+def test_the_transfer_block_reaches_the_config(tmp_path: Path) -> None:
+    cfg, warnings, _ = load_text(tmp_path, minimal(
+        "    transfer cluster.local 10.0.0.0/8 {\n"
+        "        to 10.0.0.1 10.0.0.2:5300 [fd00::1]:53\n"
+        "        to 192.168.0.0/16\n"
+        "        source 10.0.0.53\n"
+        "    }\n"))
+    assert cfg.transfer_to == ("10.0.0.1", "10.0.0.2", "fd00::1", "192.168.0.0/16")
+    assert cfg.transfer_zones == ("cluster.local", "10.in-addr.arpa")
+    assert warnings == []  # NOTIFY ports and source: nothing to warn about, we send none
+    anyone, _, _ = load_text(tmp_path, minimal("    transfer {\n        to *\n    }\n"))
+    assert anyone.transfer_to == ("*",)
+    assert anyone.transfer_zones == ()  # the server block is '.': every zone of ours
+    assert Config().transfer_to == () and corefile.parse(minimal())[0].transfer_to == ()
+
+
+def test_transfer_without_zones_takes_the_server_blocks_zones(tmp_path: Path) -> None:
+    cfg, _, _ = load_text(tmp_path, minimal("    transfer {\n        to *\n    }\n",
+                                            key="cluster.local:53"))
+    assert cfg.transfer_zones == ("cluster.local",)
+
+
+def test_an_unknown_transfer_option_warns_naming_its_line(tmp_path: Path) -> None:
+    cfg, warnings, path = load_text(tmp_path, minimal(
+        "    transfer {\n"
+        "        to 127.0.0.1\n"
+        "        notify_delay 5s\n"
+        "    }\n"))
+    assert cfg.transfer_to == ("127.0.0.1",)
+    assert warnings == [f"{path}:5: transfer notify_delay: option not supported by "
+                        "clusterdns; ignored"]
+
+
+def test_clusterdns_dash_conf_transfers_zones_to_the_clients_its_transfer_block_names(
+        tmp_path: Path, fake: tuple[FakeKube, Path]) -> None:
+    _, kubeconfig = fake
+    port = free_port()
+    path = served_corefile(tmp_path, kubeconfig, port)
+    text = path.read_text(encoding="utf-8").replace(
+        "    hosts /etc/coredns/NodeHosts\n",
+        "    transfer cluster.local {\n        to 127.0.0.1\n    }\n")
+    path.write_text(text, encoding="utf-8")
+    with running("-conf", str(path)) as proc:
+        wait_for_answer(proc, port, "httpenv.default.svc.cluster.local")
+        xfr = dns.query.xfr("127.0.0.1", "cluster.local", port=port, source="127.0.0.1",
+                            relativize=False, timeout=TIMEOUT)
+        answers = [rrset for msg in xfr for rrset in msg.answer]
+        assert answers[0].rdtype == answers[-1].rdtype == dns.rdatatype.SOA
+        assert any(r.name.to_text() == "httpenv.default.svc.cluster.local." for r in answers)
+        for source, zone in (("127.0.0.2", "cluster.local"), ("127.0.0.1", "in-addr.arpa")):
+            query = dns.message.make_query(zone, "AXFR", use_edns=0)
+            reply = dns.query.tcp(query, "127.0.0.1", port=port, source=source,
+                                  timeout=TIMEOUT)
+            assert reply.rcode() == dns.rcode.REFUSED, (source, zone)
+            assert reply.extended_errors(), (source, zone)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=TIMEOUT) == 0
