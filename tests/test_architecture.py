@@ -6,11 +6,11 @@ The rules of the house about imports can be checked by reading the modules with
 - No import cycle inside the package. Every import counts, including those under
   ``if TYPE_CHECKING:`` and those inside functions: a cycle hidden from the interpreter
   is still two modules that cannot be understood (or moved) one without the other.
-- The pure core (names, objects, convert, records, snapshot, resolve, wire, fastpath,
-  handler, store, transfer, autopath) imports no asyncio, networking or Kubernetes
-  client, directly or
-  through the package modules it imports. ``socket`` appears in the core only for its
-  address conversions (``inet_pton`` and friends), which open nothing.
+- The pure core (names, objects, convert, records, multicluster, snapshot, resolve, wire,
+  fastpath, handler, store, transfer, autopath) imports no asyncio, networking or
+  Kubernetes client, directly or through the package modules it imports. ``socket``
+  appears in the core only for its address conversions (``inet_pton`` and friends),
+  which open nothing.
 - The ``snapshot`` package is layered as its docstring lists its modules, and the rest
   of the code reaches it through the package's names.
 """
@@ -27,8 +27,8 @@ import clusterdns
 
 PACKAGE_DIR = Path(clusterdns.__file__).parent
 
-CORE = ("names", "objects", "convert", "records", "snapshot", "resolve", "wire",
-        "fastpath", "handler", "store", "transfer", "autopath")
+CORE = ("names", "objects", "convert", "records", "multicluster", "snapshot", "resolve",
+        "wire", "fastpath", "handler", "store", "transfer", "autopath")
 # Top-level modules the core must not reach: event loops, networking, the API client.
 NOT_IN_CORE = frozenset({"asyncio", "aiohttp", "kubernetes", "selectors", "socketserver",
                          "ssl", "subprocess", "uvloop", "http", "urllib"})
