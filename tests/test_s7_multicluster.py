@@ -12,6 +12,8 @@ over TCP) with dnspython. Expected answers are written out from the objects belo
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,7 +28,7 @@ import pytest
 
 from clusterdns.config import SourceSpec
 from clusterdns.source.kube import KubeSource, Tuning
-from conftest import FAKE_BOOKMARK_INTERVAL, RunningServer, addresses, wait_until
+from conftest import FAKE_BOOKMARK_INTERVAL, ROOT, RunningServer, addresses, wait_until
 from fakekube import FakeKube
 
 NOERROR, NXDOMAIN, REFUSED = dns.rcode.NOERROR, dns.rcode.NXDOMAIN, dns.rcode.REFUSED
@@ -444,3 +446,29 @@ def test_s7_a_missing_service_import_crd_is_one_warning_and_the_rest_is_served(
     assert any("serves serviceimports now" in r.getMessage() for r in caplog.records)
     mcs_fake.uninstall("serviceimports")  # removed again: the imports go with it
     eventually(server, WEB, "A", lambda m: m.rcode() == NXDOMAIN, "CRD removed")
+
+
+def records_command(fake: FakeKube, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """``clusterdns records`` (list once, print every record) with a multicluster zone."""
+    cfg = tmp_path / "clusterdns.yaml"
+    cfg.write_text(f"source: kubernetes\nkubeconfig: {fake.write_kubeconfig(tmp_path / 'kc')}\n"
+                   f"multicluster_zones: [{ZONE}]\nzones: [cluster.local]\n", encoding="utf-8")
+    return subprocess.run([sys.executable, "-m", "clusterdns", "records", "--config", str(cfg)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_s7_records_prints_the_clusterset_zone_and_a_missing_crd_is_only_a_warning(
+        mcs_fake: FakeKube, tmp_path: Path) -> None:
+    done = records_command(mcs_fake, tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert f"{WEB}.\t5\tIN\tA\t10.42.42.42" in lines
+    assert f"db-0.cluster-b.{DB}.\t5\tIN\tAAAA\tfd00:b::1" in lines
+    mcs_fake.uninstall("serviceimports")
+    done = records_command(mcs_fake, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f'dns-version.{ZONE}.\t5\tIN\tTXT\t"1.0.0"' in done.stdout.splitlines()
+    assert f"{WEB}." not in done.stdout
+    assert "web.test.svc.cluster.local.\t5\tIN\tA\t10.96.0.50" in done.stdout.splitlines()
+    warned = [line for line in done.stderr.splitlines() if "WARNING" in line]
+    assert len(warned) == 1 and "is the CRD installed?" in warned[0], done.stderr

@@ -571,18 +571,20 @@ class Reflector:
                 self.source.outage.failed(self, error_text(exc))
                 await self.source.sleep(self.backoff.next_delay(listed=self.synced))
 
-    def not_installed(self, exc: ApiError) -> None:
+    def not_installed(self, exc: ApiError, *, again: bool = True) -> None:
         """A 404 for an optional resource: its CRD is not installed (or was removed).
         There are none of its objects, which is an answer, so the kind counts as listed
-        (empty) and the rest keeps serving; it is asked for again every
-        ``absent_retry`` seconds. Logged once until it is found."""
+        (empty) and the rest keeps serving; with ``again`` (a running source, not a
+        one-off list) it is asked for again every ``absent_retry`` seconds. Logged once
+        until it is found."""
         r = self.resource
         if not self.absent:
             self.absent = True
+            later = (f", and asking again every {self.source.tuning.absent_retry:g} s"
+                     if again else "")
             log.warning("%s: the API server has no %s.%s/%s (%s): is the CRD installed? "
-                        "Serving as if there were none, and asking again every %g s",
-                        self.name, r.plural, r.group, r.version, exc,
-                        self.source.tuning.absent_retry)
+                        "Serving as if there were none%s", self.name, r.plural, r.group,
+                        r.version, " ".join(str(exc).split()), later)
         self.rv = None
         self.held.clear()
         if self.source.store.replace(r.kind, (), self.namespace):
@@ -981,7 +983,7 @@ class KubeSource:
                     await reflector.list()
                 except ApiError as exc:
                     if exc.status == 404 and reflector.resource.optional:
-                        reflector.not_installed(exc)
+                        reflector.not_installed(exc, again=False)
                         continue
                     hint = (f"; it needs this RBAC rule: {{{reflector.resource.rbac_rule()}}}"
                             if exc.status == 403 else "")
