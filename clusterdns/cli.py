@@ -243,7 +243,9 @@ def _check(path: Path, is_corefile: bool = False, file_only: bool = False) -> in
             raise ConfigError(exc.where, exc.key, f"{exc.problem} (if it is a Corefile: "
                                                   f"clusterdns check-config --corefile "
                                                   f"{path})") from None
-    summary = (f"{path}: ok: zones {', '.join(cfg.zones)}; source {cfg.source}; "
+    multicluster = (f"; multicluster zones {', '.join(cfg.multicluster_zones)}"
+                    if cfg.multicluster_zones else "")
+    summary = (f"{path}: ok: zones {', '.join(cfg.zones)}{multicluster}; source {cfg.source}; "
                f"listen {', '.join(str(a) for a in cfg.listen)}")
     if cfg.source.kind == "file":
         result = load_files(cfg.source.paths)
@@ -252,6 +254,8 @@ def _check(path: Path, is_corefile: bool = False, file_only: bool = False) -> in
         c = result.cluster
         summary += (f"; {len(c.namespaces)} namespaces, {len(c.services)} services, "
                     f"{len(c.endpoint_slices)} endpoint slices, {len(c.pods)} pods")
+        if c.service_imports:
+            summary += f", {len(c.service_imports)} service imports"
     elif file_only:
         summary += "; kubeconfig not checked (--file-only)"
     else:  # the kubeconfig (or in-cluster config) serve would use, loaded, not dialled

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from clusterdns import config, corefile, multicluster
+from clusterdns import cli, config, corefile, multicluster
 from clusterdns.config import Config, ConfigError
 from clusterdns.convert import ConvertError, convert
 from clusterdns.objects import (
@@ -355,3 +355,19 @@ def test_a_multicluster_zone_the_corefile_cannot_serve_is_an_error_naming_the_li
     with pytest.raises(ConfigError) as err:
         corefile.parse(text, "Corefile")
     assert str(err.value).startswith(problem), str(err.value)
+
+
+def test_check_config_names_the_multicluster_zones_and_counts_the_service_imports(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "dump.yaml").write_text(
+        "apiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceImport\n"
+        "metadata: {name: web, namespace: test}\nspec: {ips: [10.42.0.1]}\n",
+        encoding="utf-8")
+    path = tmp_path / "clusterdns.yaml"
+    path.write_text("source: file:dump.yaml\nmulticluster_zones: clusterset.local\n",
+                    encoding="utf-8")
+    assert cli.main(["check-config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{path}: ok: zones cluster.local, in-addr.arpa, ip6.arpa; multicluster zones " \
+        f"clusterset.local; source file:" in out
+    assert out.rstrip().endswith("0 pods, 1 service imports")
