@@ -11,6 +11,7 @@ over TCP) with dnspython. Expected answers are written out from the objects belo
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import subprocess
 import sys
@@ -408,6 +409,24 @@ def test_s7_without_a_multicluster_zone_no_service_import_request_reaches_the_ap
     assert server.ask(WEB, "A").rcode() == REFUSED  # not a zone of ours at all
     # Imported slices still never reach cluster.local.
     assert addresses(server.ask("db.test.svc.cluster.local", "A")) == ["10.244.0.9"]
+
+
+def test_s7_a_reload_that_sets_or_clears_the_multicluster_zones_starts_or_stops_imports(
+        mcs_fake: FakeKube, make_server: StartServer, tmp_path: Path) -> None:
+    server = start(make_server, mcs_fake, tmp_path, multicluster_zones=())
+    assert server.ask(WEB, "A").rcode() == REFUSED
+
+    def reload(zones: tuple[str, ...]) -> None:
+        app = server.app
+        asyncio.run_coroutine_threadsafe(
+            app.apply_config(app.config.replace(multicluster_zones=zones)),
+            server.loop).result(timeout=10)
+    reload((ZONE,))
+    eventually(server, WEB, "A", lambda m: addresses(m) == ["10.42.42.42"], "zone added")
+    assert any(r.path == IMPORTS_PATH for r in mcs_fake.requests)
+    reload(())
+    eventually(server, WEB, "A", lambda m: m.rcode() == REFUSED, "zone cleared")
+    assert addresses(server.ask("web.test.svc.cluster.local", "A")) == ["10.96.0.50"]
 
 
 def test_s7_with_a_multicluster_zone_service_imports_are_listed_then_watched(
