@@ -50,7 +50,8 @@ Fast = Callable[[bytes, int], bytes | None]
 
 class Stream(Protocol):
     """Many messages answering one query (a zone transfer, ``transfer.Transfer``): each
-    ``next`` makes one; ``finish`` must be called once it ends, complete or not."""
+    ``next`` makes one, or returns ``b""`` (nothing yet: let other work run); ``finish``
+    must be called once it ends, complete or not."""
 
     def __iter__(self) -> Iterator[bytes]: ...
 
@@ -622,19 +623,25 @@ class _TCPConnection(asyncio.BufferedProtocol):
         self.transport.write(len(reply).to_bytes(2, "big") + reply)
 
     async def _write_stream(self, query: bytes, stream: Stream, start: float) -> None:
-        """Write a transfer's messages one per loop turn, so that UDP and the other
-        connections are served between them; wait while the client is not reading
-        (more than the high-water mark unsent); stop when the connection closes. Each
-        message written counts as activity for the idle timeout."""
+        """Write a transfer's messages, giving the loop a turn after each and whenever
+        the stream says so (``b""``), so that UDP and the other connections are served
+        meanwhile; wait while the client is not reading (more than the high-water mark
+        unsent); stop when the connection closes. Each message written counts as
+        activity for the idle timeout."""
         server, tr = self.server, self.transport
         loop = asyncio.get_running_loop()
         complete = False
+        observe = server.observe
         try:
-            for count, message in enumerate(stream):
-                if count == 0 and server.observe is not None:
-                    server.observe(query, message, True, self._peer, start)
+            for message in stream:
                 if tr.is_closing():
                     break
+                if not message:
+                    await asyncio.sleep(0)
+                    continue
+                if observe is not None:
+                    observe(query, message, True, self._peer, start)
+                    observe = None
                 if len(message) > MAX_TCP_MESSAGE:
                     raise ValueError(f"a transfer message of {len(message)} bytes")
                 tr.write(len(message).to_bytes(2, "big") + message)

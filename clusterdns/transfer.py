@@ -27,6 +27,9 @@ from clusterdns.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 
+PAUSE = 64
+"""Records a transfer writes before it lets the event loop run other work (about 1 ms
+of it: making and writing a record takes 10 to 15 us); see ``wire.transfer_messages``."""
 MAX_TRANSFERS = 2
 """Transfers running at once (per process); one more is REFUSED with an extended error.
 Each holds the generation it started from, so this also bounds how many old snapshots
@@ -101,7 +104,8 @@ def zone_records(snap: Snapshot, zone: str) -> Iterator[Record]:
 class Transfer:
     """One full transfer of a zone as it runs: an iterator of finished messages.
 
-    Each ``next`` writes one message (``wire.transfer_messages``). The snapshot it was
+    Each ``next`` writes one message (``wire.transfer_messages``), or returns ``b""``
+    after every ``PAUSE`` records: nothing to send yet, a turn for other work. The snapshot it was
     started from stays referenced until the last message is made, so every message is of
     that generation. ``finish`` must be called once it ends, complete or not: it gives the
     transfer's place back (``on_finish``) and logs the outcome.
@@ -117,7 +121,8 @@ class Transfer:
         self.bytes = 0
         self._on_finish: Callable[[Transfer, str], None] | None = on_finish
         self._messages = wire.transfer_messages(
-            query, snap.soa(zone), self._counted(zone_records(snap, zone)), server_max)
+            query, snap.soa(zone), self._counted(zone_records(snap, zone)), server_max,
+            pause=PAUSE)
 
     def _counted(self, records: Iterable[Record]) -> Iterator[Record]:
         for rec in records:
@@ -129,8 +134,9 @@ class Transfer:
 
     def __next__(self) -> bytes:
         message = next(self._messages)
-        self.messages += 1
-        self.bytes += len(message)
+        if message:
+            self.messages += 1
+            self.bytes += len(message)
         return message
 
     @property
