@@ -44,6 +44,7 @@ from typing import Any, Protocol
 
 from clusterdns import names, wire
 from clusterdns import resolve as resolver
+from clusterdns.config import PodsMode
 from clusterdns.records import CNAME, Record, RRType
 from clusterdns.resolve import Decision, Outcome
 from clusterdns.snapshot import Snapshot
@@ -96,6 +97,8 @@ def source_ip(peer: Any) -> str | None:
     (an IPv4 client of an IPv6 socket shows as ``::ffff:a.b.c.d``)."""
     if not isinstance(peer, tuple | list) or not peer or not isinstance(peer[0], str):
         return None
+    if ":" not in peer[0]:
+        return peer[0]  # IPv4: the kernel's text is already canonical
     try:
         ip = ipaddress.ip_address(peer[0].split("%", 1)[0])
     except ValueError:
@@ -132,8 +135,8 @@ def candidates(base: str, zone: str, search: Sequence[str]) -> tuple[str, ...]:
 class Walk:
     """One query's walk: the candidates, tried in order against one snapshot."""
 
-    __slots__ = ("cname_ttl", "limit", "names", "normal", "query", "rotation", "server_max",
-                 "snap", "succeeded", "upstream")
+    __slots__ = ("limit", "names", "normal", "query", "rotation", "server_max", "snap",
+                 "succeeded", "upstream", "zone")
 
     def __init__(self, snap: Snapshot, query: wire.Query, zone: str, tried: Sequence[str],
                  limit: int, server_max: int, rotation: int, upstream: Upstream | None,
@@ -148,8 +151,7 @@ class Walk:
         self.upstream = upstream
         self.normal = normal  # the reply to the name asked, were there no autopath
         self.succeeded = succeeded  # told of each reply that answers another name
-        soa = snap.soa(zone)
-        self.cname_ttl = min(soa.ttl, soa.data.minimum)  # type: ignore[union-attr]
+        self.zone = zone
 
     def run(self) -> bytes | Awaitable[Reply] | None:
         """The reply for the first name that exists; None when none does and none had
@@ -182,14 +184,23 @@ class Walk:
         normal = self.normal()
         return normal if isinstance(normal, bytes) else await normal
 
+    def _cname(self, name: str) -> Record:
+        """The CNAME from the name asked to ``name``, with the zone's negative TTL: it
+        stands for the NXDOMAINs of the names tried before."""
+        soa = self.snap.soa(self.zone)
+        ttl = min(soa.ttl, soa.data.minimum)  # type: ignore[union-attr]
+        return Record(self.query.qname, ttl, CNAME(name))
+
     def _step(self, name: str) -> Step | Awaitable[Step]:
         """Try one candidate: from the snapshot when it is in our zones, else upstream."""
         snap, query = self.snap, self.query
-        cname = Record(query.qname, self.cname_ttl, CNAME(name))
         if snap.zone_for(name) is None:
             if self.upstream is None:
                 return Miss.NXDOMAIN  # a client would get REFUSED here and go on
-            return self.upstream.candidate(query, self.limit, name, cname)
+            return self.upstream.candidate(query, self.limit, name, self._cname(name))
+        if name not in snap.nodes and (snap.config.pods is PodsMode.DISABLED
+                                       or ".pod." not in name):
+            return Miss.NXDOMAIN  # no such name, and none made up from it (SPEC §S2.8)
         decision = resolver.resolve(snap, name, query.qtype, self.rotation)
         outcome = decision.outcome
         if outcome is Outcome.NXDOMAIN and not decision.answer:
@@ -202,11 +213,11 @@ class Walk:
                 and query.qtype not in (RRType.CNAME, RRType.ANY)
                 and snap.zone_for(chain[-1].data.target) is None):
             # An ExternalName pointing outside: its target's answer comes from upstream.
-            onward = self.upstream.answer(query, self.limit, (cname, *chain),
+            onward = self.upstream.answer(query, self.limit, (self._cname(name), *chain),
                                           chain[-1].data.target, ours=True)
             return onward if isinstance(onward, bytes) else _found(onward)
         if chain:  # the records found, behind a CNAME from the name asked
-            decision = Decision(outcome, (cname, *chain), decision.authority,
+            decision = Decision(outcome, (self._cname(name), *chain), decision.authority,
                                 decision.additional, True, decision.ede)
         return wire.encode(query, decision, self.limit, self.server_max)
 

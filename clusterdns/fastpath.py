@@ -23,6 +23,12 @@ Invalidation: the tables belong to one snapshot generation (its serial). When th
 snapshot reference points at another generation, the next lookup starts fresh tables.
 A handler setting the replies depend on (UDP size, forwarder) changing calls ``clear``.
 
+Autopath: the NXDOMAIN of ``<name>.<ns>.svc.<zone>`` is the same for every client but
+one kind, the pods of ``<ns>`` whose search list autopath walks instead. Such an entry
+carries that namespace (``walk``), and a hit from the address of such a pod is a miss,
+so the full path walks for it; everyone else gets the stored NXDOMAIN. Walked replies
+themselves are never stored.
+
 Round robin: a headless A/AAAA RRset of n records is cached as n rotations, filled
 lazily by the full path, and hits cycle through them (``wanted_rotation`` tells the full
 path which rotation the entry is missing).
@@ -50,6 +56,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from clusterdns.autopath import source_ip
 from clusterdns.snapshot import Snapshot, SnapshotRef
 
 UDP4: Final = 0
@@ -204,11 +211,12 @@ def _cache_hits(cells: Iterable[tuple[CellKey, list[int]]]) -> dict[str, int]:
 class _Entry:
     """A stored reply without its ID; or, for a rotating RRset, every rotation of it."""
 
-    __slots__ = ("bodies", "body", "cell", "cells", "cursor", "size")
+    __slots__ = ("bodies", "body", "cell", "cells", "cursor", "size", "walk")
 
     def __init__(self, body: bytes | None, cell: list[int], rotations: int,
-                 size: int) -> None:
+                 size: int, walk: str | None = None) -> None:
         self.body = body  # None for a rotating entry
+        self.walk = walk  # autopath: the namespace whose pods must miss (see above)
         self.cell = cell
         self.bodies: list[bytes | None] = [None] * rotations
         self.cells: list[list[int]] = [cell] * rotations
@@ -284,8 +292,9 @@ class ReplyCache:
         self.bytes = 0
         self.generations += 1
 
-    def lookup(self, data: bytes, slot: int) -> bytes | None:
-        """The reply to ``data`` if it is stored for the current snapshot, else None.
+    def lookup(self, data: bytes, slot: int, peer: object = None) -> bytes | None:
+        """The reply to ``data`` from ``peer`` (the socket's address of the client) if it
+        is stored for the current snapshot, else None.
 
         This is the hit path: one slice, one dict lookup, one concatenation.
         """
@@ -296,6 +305,8 @@ class ReplyCache:
         entry = self._by_slot[slot].get(data[2:])
         if entry is None:
             return self._forwarded_reply(data, slot) if self.forwarded_bytes else None
+        if entry.walk is not None and self._walks_for(entry.walk, peer):
+            return None
         body = entry.body
         if body is None:  # a rotating RRset: the next rotation, if the full path made it
             bodies = entry.bodies
@@ -310,6 +321,11 @@ class ReplyCache:
             return data[:2] + body
         entry.cell[slot] += 1
         return data[:2] + body
+
+    def _walks_for(self, namespace: str, peer: object) -> bool:
+        """Whether autopath walks the search list of ``peer``, a pod of ``namespace``."""
+        ip = source_ip(peer)
+        return ip is not None and self._ref.current.autopath_namespace(ip) == namespace
 
     def _forwarded_reply(self, data: bytes, slot: int) -> bytes | None:
         """The hit path for forwarded answers: TTLs aged to the second."""
@@ -381,12 +397,14 @@ class ReplyCache:
         return entry.cursor
 
     def insert(self, snap: Snapshot, data: bytes, tcp: bool, reply: bytes, *, qtype: int,
-               in_zone: bool, rotations: int = 1, index: int = 0) -> bool:
+               in_zone: bool, rotations: int = 1, index: int = 0,
+               walk: str | None = None) -> bool:
         """Store the full path's ``reply`` to ``data``, made from ``snap``.
 
-        ``rotations`` > 1: the reply is rotation ``index`` of that many. Returns whether
-        it was stored (not when ``data`` is not plain, ``snap`` is no longer current, or
-        the reply alone is over ``max_bytes``).
+        ``rotations`` > 1: the reply is rotation ``index`` of that many. ``walk``: the
+        reply is an NXDOMAIN autopath replaces for the pods of that namespace, who must
+        not get it. Returns whether it was stored (not when ``data`` is not plain,
+        ``snap`` is no longer current, or the reply alone is over ``max_bytes``).
         """
         if snap.serial != self._serial:
             if snap is not self._ref.current:
@@ -412,7 +430,7 @@ class ReplyCache:
                 size = len(key_bytes) + len(body) + ENTRY_OVERHEAD
                 if not self._make_room(table, key_bytes, size):
                     return False
-                table[key_bytes] = _Entry(body, cell, 0, size)
+                table[key_bytes] = _Entry(body, cell, 0, size, walk)
             return True
         if entry is None or len(entry.bodies) != rotations:
             size = len(key_bytes) + ENTRY_OVERHEAD

@@ -16,8 +16,9 @@ our zones never reach an upstream otherwise.
 With ``autopath`` on, the NXDOMAIN of ``<name>.<ns>.svc.<zone>`` asked from the address
 of the one running ClusterFirst pod of ``<ns>`` is not the answer yet: ``autopath.Walk``
 tries the rest of that pod's search list and answers the first name that exists (the
-server gives ``handle`` the client's address, ``peer``, for this alone). Walked replies,
-and the NXDOMAINs of every name a walk could apply to, never go to the fast path.
+server gives ``handle`` the client's address, ``peer``, for this alone). Walked replies
+never go to the fast path; the NXDOMAINs of names a walk could apply to do, marked with
+the namespace whose pods must not get them from there.
 
 The fast path (``fastpath.ReplyCache``) sits in front: the transports try
 ``Handler.fast.lookup`` first, and every reply this handler makes that depends only on
@@ -165,6 +166,7 @@ class Handler:
         fast = self.fast
         rotation = 0
         in_zone = snap.zone_for(query.qname) is not None
+        walk: str | None = None  # autopath's namespace for this name (see fastpath)
         decision = self._refuse(query)
         if decision is None:
             if (fwd is not None and not in_zone
@@ -183,7 +185,7 @@ class Handler:
                     and snap.config.autopath):
                 shaped = autopath.shape(snap, query.qname)
                 if shaped is not None:
-                    fast = None  # this NXDOMAIN must never stand in front of a walk
+                    walk = shaped[1]  # the fast path keeps this NXDOMAIN from its pods
                     walked = self._autopath(snap, query, decision, shaped, limit, rotation,
                                             peer)
                     if walked is not None:
@@ -201,7 +203,7 @@ class Handler:
             # TC: the answer RRset did not fit, so every rotation is the same reply.
             rotations = 1 if reply[2] & 0x02 else _rotations(decision, query.qtype)
             fast.insert(snap, data, tcp, reply, qtype=query.qtype, in_zone=in_zone,
-                        rotations=rotations, index=rotation % rotations)
+                        rotations=rotations, index=rotation % rotations, walk=walk)
         return reply
 
     def _transfer_refused(self, query: wire.Query, snap: Snapshot, tcp: bool) -> Decision:

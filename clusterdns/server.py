@@ -44,8 +44,9 @@ Handle = Callable[[bytes, bool, Any], Reply | Awaitable[Reply]]
 None to send nothing, or an awaitable of either."""
 Observe = Callable[[bytes, Reply, bool, Any, float], None]
 """(query, reply or None, is_tcp, peer address, time.perf_counter() at receipt)."""
-Fast = Callable[[bytes, int], bytes | None]
-"""(query bytes, slot: 0 UDP/IPv4, 1 UDP/IPv6, 2 TCP/IPv4, 3 TCP/IPv6) -> reply or None."""
+Fast = Callable[[bytes, int, Any], bytes | None]
+"""(query bytes, slot: 0 UDP/IPv4, 1 UDP/IPv6, 2 TCP/IPv4, 3 TCP/IPv6, the client's
+address) -> reply or None."""
 
 
 class Stream(Protocol):
@@ -311,7 +312,7 @@ class _UDPProtocol(asyncio.DatagramProtocol):
         counters.udp_queries += 1
         fast = self._fast
         if fast is not None and not self._write_paused:
-            hit = fast(data, self._slot)
+            hit = fast(data, self._slot, addr)
             if hit is not None:
                 self._sendto(hit, addr)
                 return
@@ -580,7 +581,7 @@ class _TCPConnection(asyncio.BufferedProtocol):
         self._last_query = asyncio.get_running_loop().time()
         if server.fast is not None:
             # answer_some checked the connection is open and not paused for writing.
-            hit = server.fast(query, self._slot)
+            hit = server.fast(query, self._slot, self.transport.get_extra_info("peername"))
             if hit is not None:
                 self.transport.write(len(hit).to_bytes(2, "big") + hit)
                 return

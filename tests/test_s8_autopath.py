@@ -413,18 +413,24 @@ def test_s8_the_metric_counts_each_query_answered_for_another_name(
     assert successes(server) == before + 2
 
 
-def test_s8_replies_for_names_a_walk_could_apply_to_are_kept_out_of_the_fast_path(
+def test_s8_the_fast_path_keeps_the_nxdomain_a_walk_replaces_for_everyone_but_its_pods(
         server: RunningServer) -> None:
     fast = server.app.handler.fast
     assert fast is not None
-    shaped = dns.message.make_query("kept-out.team-a.svc.cluster.local", "A").to_wire()
-    plain = dns.message.make_query("svc2.team-a.svc.cluster.local", "A").to_wire()
-    for _ in range(3):
-        for source in (NO_POD, POD_A):
-            for data in (shaped, plain):
-                ask(server, "", source=source, query=dns.message.from_wire(data))
-    assert server.call(lambda: fast.lookup(plain, 0)) is not None
-    assert server.call(lambda: fast.lookup(shaped, 0)) is None
+    shaped = dns.message.make_query("kept.team-a.svc.cluster.local", "A").to_wire()
+    for source in (NO_POD, POD_A, NO_POD, POD_B):
+        ask(server, "", source=source, query=dns.message.from_wire(shaped))
+
+    def hit(source: str) -> bytes | None:
+        reply = server.call(lambda: fast.lookup(shaped, 0, (source, 5353)))
+        assert reply is None or isinstance(reply, bytes)
+        return reply
+
+    stored = hit(NO_POD)
+    assert stored is not None and stored[3] & 0x0F == NXDOMAIN
+    assert hit(POD_B) == stored  # a pod of another namespace gets NXDOMAIN anyway
+    assert hit(TWO_PODS) == stored  # so does an address autopath does not walk for
+    assert hit(POD_A) is None  # team-a's pod: the full path walks its search list
 
 
 # ----------------------------------------------------------------------- configuration
