@@ -17,9 +17,16 @@ What exists under ``<zone>`` (SPEC §S7 has the whole table and where CoreDNS di
   ready address across every cluster, ``<hostname>.<clusterid>.<svc>.<ns>.svc.<zone>``
   per ready endpoint, and SRV per ready endpoint and named port pointing at those names.
 
-Nothing else: no PTR records (the spec requires none and a clusterset IP keeps the one
-PTR its cluster gives it), no names per cluster of a ClusterSetIP import, no records at
-``<clusterid>.<svc>...`` (2.3.4, 2.4.4), no pod names.
+and, in the reverse zones we serve, a PTR from each clusterset IP of a ClusterSetIP
+import to ``<svc>.<ns>.svc.<zone>``, unless the address already has a PTR of the
+cluster's own (a local Service's ClusterIP or endpoint): the spec's 2.3.3 rule as its
+drafts wrote it (schema 1.0.0 no longer requires it; it still allows it). An address
+keeps the one PTR its cluster gives it; the ``ClaimBook`` gives local owners precedence
+at reverse names (``clusterdns.snapshot.claims``).
+
+Nothing else: no PTR for imported endpoints (their addresses belong to other clusters),
+no names per cluster of a ClusterSetIP import, no records at ``<clusterid>.<svc>...``
+(2.3.4, 2.4.4), no pod names.
 """
 
 from __future__ import annotations
@@ -58,6 +65,15 @@ class Imported:
     # endpoint, or an empty ClusterSetIP one with ``ignore_empty_service``, does not)
     records: tuple[Record, ...]
     ready: int  # distinct ready addresses across its imported slices
+
+
+def clusterset_ptrs(imp: ServiceImport, zone: str) -> list[tuple[str, str]]:
+    """(clusterset IP, name it points at) for each PTR a ClusterSetIP import asks for
+    under ``zone``; none for a headless import."""
+    if imp.kind is not ServiceKind.CLUSTER_IP:
+        return []
+    base = names.join(imp.name, imp.namespace, "svc", zone)
+    return [(ip, base) for ip in imp.ips]
 
 
 def endpoint_name(label: str, cluster: str, base: str) -> str | None:

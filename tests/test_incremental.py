@@ -133,6 +133,18 @@ def reference_build(cluster: Cluster, config: Config) -> dict[str, dict[RRType, 
                     ignore_empty_service=config.ignore_empty_service))
     for one in made:
         collected += one.records
+    # A clusterset IP's PTR, where the cluster has no PTR of its own (SPEC S7).
+    local_ptrs = {r.name for r in collected if r.rtype == RRType.PTR}
+    for zone in config.multicluster_zones:  # merged in (namespace, name) order
+        for imp in sorted(cluster.service_imports, key=lambda i: (i.namespace, i.name)):
+            exists = exposed(imp.namespace) and multicluster.import_records(
+                imp, imported.get((imp.namespace, imp.name), []), zone, ttl,
+                ignore_empty_service=config.ignore_empty_service).exists
+            for ip, target in multicluster.clusterset_ptrs(imp, zone) if exists else ():
+                rname = names.reverse_name(ip)
+                if rname not in local_ptrs and any(names.is_subdomain(rname, z)
+                                                   for z in reverse):
+                    collected.append(Record(rname, ttl, records.PTR(target)))
     grouped: dict[str, dict[RRType, dict[Record, None]]] = {}
     for rec in collected:
         grouped.setdefault(rec.name, {}).setdefault(rec.rtype, {})[rec] = None

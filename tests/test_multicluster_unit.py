@@ -14,6 +14,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+import dns.reversename
 import pytest
 
 from clusterdns import cli, config, corefile, multicluster
@@ -25,12 +26,13 @@ from clusterdns.objects import (
     EndpointSlice,
     Namespace,
     Port,
+    Service,
     ServiceImport,
     ServiceKind,
 )
 from clusterdns.records import SRV, A, Record, RRType, to_text
 from clusterdns.resolve import Outcome, resolve
-from clusterdns.snapshot import build
+from clusterdns.snapshot import Builder, build
 from clusterdns.source.dump import load_files
 from clusterdns.source.file import FileSource
 
@@ -238,8 +240,14 @@ def test_the_records_of_imports_are_exactly_the_spec_tables_rows() -> None:
         f"web.test.svc.{ZONE}.\t5\tIN\tSRV\t0 100 443 web.test.svc.{ZONE}.",
         f"_https._tcp.web.test.svc.{ZONE}.\t5\tIN\tSRV\t0 100 443 web.test.svc.{ZONE}.",
     ]
-    # No PTR of ours for a clusterset IP, and nothing imported in cluster.local.
-    assert resolve(snap, "1.0.42.10.in-addr.arpa", RRType.PTR).outcome is Outcome.NXDOMAIN
+    # A PTR for each clusterset IP (no local PTR holds them), none for imported
+    # endpoints, and nothing imported in cluster.local.
+    ptrs = [to_text(r) for r in snap.records()
+            if r.name.endswith(".arpa") and r.rtype == RRType.PTR]
+    assert ptrs == [
+        f"1.0.42.10.in-addr.arpa.\t5\tIN\tPTR\tweb.test.svc.{ZONE}.",
+        f"{dns.reversename.from_address('fd00::42').to_text()}\t5\tIN\tPTR\tweb.test.svc.{ZONE}.",
+    ]
     assert resolve(snap, "web.test.svc.cluster.local", RRType.A).outcome is Outcome.NXDOMAIN
     # Empty non-terminals: svc, the namespace, and for the headless import each cluster.
     for name in (f"svc.{ZONE}", f"test.svc.{ZONE}", f"cluster-a.db.test.svc.{ZONE}"):
@@ -371,3 +379,26 @@ def test_check_config_names_the_multicluster_zones_and_counts_the_service_import
     assert f"{path}: ok: zones cluster.local, in-addr.arpa, ip6.arpa; multicluster zones " \
         f"clusterset.local; source file:" in out
     assert out.rstrip().endswith("0 pods, 1 service imports")
+
+
+def test_a_clusterset_ip_that_is_also_a_local_clusterip_keeps_only_the_local_ptr() -> None:
+    """The draft rule of spec 2.3.3: a clusterset IP gets our PTR only when the cluster
+    has none for it; a local Service taking the address wins, giving it back restores
+    ours, in full builds and in deltas alike."""
+    web = ServiceImport("test", "web", ServiceKind.CLUSTER_IP, ("10.96.0.50",))
+    local = Service("test", "local", ServiceKind.CLUSTER_IP, cluster_ips=("10.96.0.50",))
+    rname = "50.0.96.10.in-addr.arpa"
+
+    def ptrs(snap: Any) -> list[str]:
+        return [str(r.data.target) for r in snap.nodes.get(rname, {}).get(RRType.PTR, ())]
+
+    both = Cluster((Namespace("test"),), (local,), (), (), (web,))
+    assert ptrs(build(both, MC, 1)) == ["local.test.svc.cluster.local"]
+    alone = Cluster((Namespace("test"),), (), (), (), (web,))
+    assert ptrs(build(alone, MC, 1)) == [f"web.test.svc.{ZONE}"]
+    builder = Builder(MC, alone)
+    assert ptrs(builder.publish(1)) == [f"web.test.svc.{ZONE}"]
+    builder.apply(local)
+    assert ptrs(builder.publish(2)) == ["local.test.svc.cluster.local"]
+    builder.delete(Service, ("test", "local"))
+    assert ptrs(builder.publish(3)) == [f"web.test.svc.{ZONE}"]

@@ -291,14 +291,41 @@ def test_s7_a_cluster_id_under_a_headless_import_holds_no_record(
 # ------------------------------------------------------------- PTR and negative answers
 
 
-def test_s7_no_ptr_record_names_the_clusterset_zone(server: RunningServer) -> None:
-    """Spec 2.3.3 and 2.4.3: PTR records are not required; a clusterset IP or an imported
-    endpoint's address gets none of ours, and the cluster's own PTRs stay as they are."""
-    for ip in ("10.42.42.42", "10.1.0.1"):
+def test_s7_a_clusterset_ip_has_a_ptr_to_its_import_and_imported_endpoints_have_none(
+        server: RunningServer) -> None:
+    """Spec 2.3.3 (as its drafts required; schema 1.0.0 allows it): each clusterset IP
+    without a PTR of the cluster's own points at ``<svc>.<ns>.svc.clusterset.local``;
+    imported endpoints' addresses belong to other clusters and get none of ours; the
+    cluster's own PTRs stay as they are."""
+    for ip in ("10.42.42.42", "fd00:42::42"):
+        msg = server.ask(dns.reversename.from_address(ip).to_text(), "PTR")
+        assert texts(msg) == [f"{dns.reversename.from_address(ip)} {TTL} PTR {WEB}."], ip
+    for ip in ("10.1.0.1", "10.2.0.1"):
         msg = server.ask(dns.reversename.from_address(ip).to_text(), "PTR")
         assert msg.rcode() == NXDOMAIN and not msg.answer, ip
     local = server.ask(dns.reversename.from_address("10.96.0.50").to_text(), "PTR")
     assert [str(rd.target) for rd in local.answer[0]] == ["web.test.svc.cluster.local."]
+
+
+def test_s7_a_clusterset_ip_the_cluster_also_uses_keeps_the_cluster_s_own_ptr(
+        mcs_fake: FakeKube, server: RunningServer) -> None:
+    """An import whose clusterset IP is a local Service's ClusterIP: the address keeps
+    the cluster's PTR; when the local Service goes, the import's PTR takes its place,
+    and comes back out of the way when a Service takes the address again."""
+    reverse = dns.reversename.from_address("10.96.0.77").to_text()
+    mcs_fake.apply(service("mirror", "10.96.0.77"))
+    eventually(server, reverse, "PTR", lambda m: bool(m.answer), "local service added")
+    mcs_fake.apply(service_import("mirror", "ClusterSetIP", ["10.96.0.77"]))
+    eventually(server, f"mirror.test.svc.{ZONE}", "A",
+               lambda m: addresses(m) == ["10.96.0.77"], "import added")
+    assert texts(server.ask(reverse, "PTR")) == [
+        f"{reverse} {TTL} PTR mirror.test.svc.cluster.local."]
+    mcs_fake.delete("Service", "test", "mirror")
+    eventually(server, reverse, "PTR", lambda m: texts(m) == [
+        f"{reverse} {TTL} PTR mirror.test.svc.{ZONE}."], "local service deleted")
+    mcs_fake.apply(service("mirror", "10.96.0.77"))
+    eventually(server, reverse, "PTR", lambda m: texts(m) == [
+        f"{reverse} {TTL} PTR mirror.test.svc.cluster.local."], "local service back")
 
 
 def test_s7_negative_answers_carry_the_clusterset_soa_and_say_why(

@@ -36,7 +36,7 @@ from clusterdns.records import Record, RRType
 from clusterdns.snapshot.claims import KEEP, ClaimBook, Claims
 from clusterdns.snapshot.index import Compact, CowIndex, NodeStore, shards_for
 from clusterdns.snapshot.model import ServiceInfo, Snapshot, service_info
-from clusterdns.snapshot.nodes import NAME, ZONE_OWNER, Owner, record_values
+from clusterdns.snapshot.nodes import MCS_OWNER, NAME, ZONE_OWNER, Owner, record_values
 from clusterdns.snapshot.pods import NO_PODS, PodIndex
 
 Key = tuple[str, str]  # (namespace, name); namespaces use ("", name)
@@ -332,7 +332,7 @@ class Builder:
     def _publish_import(self, key: Key) -> None:
         """Claim what the ServiceImport ``key`` makes under the multicluster zones
         (SPEC §S7), all of it, or withdraw it."""
-        owner: Owner = ("mcs", key[0], key[1])
+        owner: Owner = (MCS_OWNER, key[0], key[1])
         imp = self.imports.get(key)
         if imp is None or not self._exposed(key[0]):
             self.book.withdraw(owner)
@@ -354,6 +354,10 @@ class Builder:
             for rec in made.records:
                 by_name.setdefault(rec.name, []).append(rec)
             claims.update((name, record_values(recs)) for name, recs in by_name.items())
+            for ip, target in multicluster.clusterset_ptrs(imp, zone):
+                rname = _reverse_name(ip)
+                if self._reverse_served(ip, rname):  # local PTRs win: ClaimBook._merged
+                    claims.setdefault(rname, {}).setdefault(RRType.PTR, {})[target] = None
         self.book.claim(owner, claims)
         info = service_info(imp.kind, ready)
         if self.import_infos.get(key) is not info:
@@ -361,6 +365,11 @@ class Builder:
 
     # ----------------------------------------------------------------------- claims
 
+
+    def _reverse_served(self, ip: str, rname: str) -> bool:
+        """Whether the PTR name ``rname`` of ``ip`` is in a reverse zone we serve."""
+        return (self.all_v6 if ":" in ip else self.all_v4) or any(
+            names.is_subdomain(rname, z) for z in self.reverse)
 
     def _spelling(self, spelled: dict[str, str]) -> Callable[[str, str], str]:
         """``spelled.setdefault`` that first takes a name's object from the index."""

@@ -22,6 +22,7 @@ from clusterdns.snapshot.index import NodeStore
 from clusterdns.snapshot.nodes import (
     DATA,
     KINDS,
+    MCS_OWNER,
     NAME,
     ONE_TYPE,
     OWNER,
@@ -54,6 +55,14 @@ def _add_ancestors(claims: Claims, zones: frozenset[str]) -> list[str]:
 # Stands for "this owner's records at this name are unchanged" in the claims handed to
 # ``ClaimBook.claim`` (truthy, like a name with records; compared by identity).
 KEEP: dict[RRType, dict[Any, None]] = {RRType.A: {}}
+
+
+def _local_first(claims: dict[Owner, RawNode]) -> dict[Owner, RawNode]:
+    """At a reverse name, a multicluster import's PTR (owner ``("mcs", ns, name)``) is
+    only a fallback: when the cluster itself has a PTR there (a Service's ClusterIP, an
+    endpoint), the address keeps the cluster's own (SPEC §S7)."""
+    local = {owner: node for owner, node in claims.items() if owner[0] != MCS_OWNER}
+    return local if local and len(local) < len(claims) else claims
 
 
 class _Shared:
@@ -260,13 +269,16 @@ class ClaimBook:
             self.index.delete(name)
 
     def _merged(self, name: str, shared: _Shared) -> RawNode:
-        if not shared.claims:
+        claims = shared.claims
+        if not claims:
             return (name, self.ttl, ZONE_OWNER, (), ())
-        if len(shared.claims) == 1:
-            return next(iter(shared.claims.values()))
+        if len(claims) > 1 and name.endswith(".arpa"):
+            claims = _local_first(claims)
+        if len(claims) == 1:
+            return next(iter(claims.values()))
         sets: dict[RRType, dict[Any, None]] = {}
-        for owner in sorted(shared.claims):
-            for rtype, raw in raw_items(shared.claims[owner]):
+        for owner in sorted(claims):
+            for rtype, raw in raw_items(claims[owner]):
                 sets.setdefault(RRType(rtype), {}).update(dict.fromkeys(raw))
         return make_node(name, self.ttl, ZONE_OWNER, sets)
 

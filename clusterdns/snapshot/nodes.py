@@ -22,6 +22,7 @@ EMPTY_NODE: Node = MappingProxyType({})
 
 Owner = tuple[str, str, str]  # who claims a name: ("svc", ns, name), ("ns", ns, ""), ...
 ZONE_OWNER: Owner = ("", "", "")  # sorts first: apex records lead merged RRsets
+MCS_OWNER = "mcs"  # Owner[0] of a ServiceImport's claims: ("mcs", ns, name)
 
 
 def _srv(raw: tuple[int, int, int, str]) -> records.SRV:
