@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 PAUSE = 64
 """Records a transfer writes before it lets the event loop run other work (about 1 ms
 of it: making and writing a record takes 10 to 15 us); see ``wire.transfer_messages``."""
+PAUSE_NAMES = 2048
+"""Names of other zones a transfer passes over before it lets the loop run (about 1 ms:
+a small zone is found among all the snapshot's names)."""
 MAX_TRANSFERS = 2
 """Transfers running at once (per process); one more is REFUSED with an extended error.
 Each holds the generation it started from, so this also bounds how many old snapshots
@@ -84,13 +87,25 @@ def zone_records(snap: Snapshot, zone: str) -> Iterator[Record]:
     A generator over the snapshot's frozen index: it holds no list of names, and the
     index it reads is never written again, whatever is published meanwhile.
     """
+    return (rec for rec in paced_records(snap, zone) if rec is not None)
+
+
+def paced_records(snap: Snapshot, zone: str, records: int = 0,
+                  names_passed: int = 0) -> Iterator[Record | None]:
+    """``zone_records``, with a None after every ``records`` records and after every
+    ``names_passed`` names of other zones: points where the event loop may run other
+    work (0: none)."""
     inner = tuple("." + z for z in snap.zones if z != zone and names.is_subdomain(z, zone))
     suffix = "." + zone
     nodes = snap.nodes
+    made = passed = 0
     for name in nodes:
-        if not name.endswith(suffix) and name != zone:
-            continue
-        if inner and any(name.endswith(z) or name == z[1:] for z in inner):
+        if (not name.endswith(suffix) and name != zone) or (
+                inner and any(name.endswith(z) or name == z[1:] for z in inner)):
+            passed += 1
+            if passed == names_passed:
+                passed = 0
+                yield None
             continue
         node = nodes.get(name)
         if node is None:
@@ -98,14 +113,20 @@ def zone_records(snap: Snapshot, zone: str) -> Iterator[Record]:
         for rtype in node:
             if rtype == RRType.SOA and name == zone:
                 continue
-            yield from node[rtype]
+            for rec in node[rtype]:
+                yield rec
+                made += 1
+                if made == records:
+                    made = 0
+                    yield None
 
 
 class Transfer:
     """One full transfer of a zone as it runs: an iterator of finished messages.
 
     Each ``next`` writes one message (``wire.transfer_messages``), or returns ``b""``
-    after every ``PAUSE`` records: nothing to send yet, a turn for other work. The snapshot it was
+    after every ``PAUSE`` records and ``PAUSE_NAMES`` names of other zones: nothing to
+    send yet, a turn for other work. The snapshot it was
     started from stays referenced until the last message is made, so every message is of
     that generation. ``finish`` must be called once it ends, complete or not: it gives the
     transfer's place back (``on_finish``) and logs the outcome.
@@ -121,12 +142,13 @@ class Transfer:
         self.bytes = 0
         self._on_finish: Callable[[Transfer, str], None] | None = on_finish
         self._messages = wire.transfer_messages(
-            query, snap.soa(zone), self._counted(zone_records(snap, zone)), server_max,
-            pause=PAUSE)
+            query, snap.soa(zone), self._counted(paced_records(snap, zone, PAUSE, PAUSE_NAMES)),
+            server_max)
 
-    def _counted(self, records: Iterable[Record]) -> Iterator[Record]:
+    def _counted(self, records: Iterable[Record | None]) -> Iterator[Record | None]:
         for rec in records:
-            self.records += 1
+            if rec is not None:
+                self.records += 1
             yield rec
 
     def __iter__(self) -> Iterator[bytes]:

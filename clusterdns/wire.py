@@ -599,9 +599,9 @@ def ixfr_serial(query: Query) -> int | None:
     return None
 
 
-def transfer_messages(query: Query, soa: Record, records: Iterable[Record], server_max: int,
-                      size: int = TRANSFER_MESSAGE,
-                      pause: int = 0) -> Generator[bytes, None, None]:
+def transfer_messages(query: Query, soa: Record, records: Iterable[Record | None],
+                      server_max: int,
+                      size: int = TRANSFER_MESSAGE) -> Generator[bytes, None, None]:
     """The messages of a full zone transfer (RFC 5936 §2.2): the SOA, ``records``, the
     SOA again, as many records per message as fit ``size`` bytes (never more than
     65,535). Written one message per step, so a transfer of any size holds one message
@@ -609,19 +609,18 @@ def transfer_messages(query: Query, soa: Record, records: Iterable[Record], serv
     names in the query's letter case, names compressed within the message, and our
     OPT when the query had one; only the first repeats the question.
 
-    With ``pause``, an empty ``b""`` comes after every ``pause`` records taken: nothing
-    to send yet, a point where the caller may let other work run.
+    A None among ``records`` gives an empty ``b""``: nothing to send yet, a point where
+    the caller may let other work run.
     """
     flags = FLAG_QR | FLAG_AA | (query.flags & (0x7800 | FLAG_RD | FLAG_CD))
     room = min(size, TCP_MAX) - (OPT_FIXED if query.edns is not None else 0)
     question = query.question
     msg = _Message(query.id, flags, question, query.labels)
-    count = taken = 0
+    count = 0
     for rec in itertools.chain((soa,), records, (soa,)):
-        taken += 1
-        if taken == pause:
-            taken = 0
+        if rec is None:
             yield b""
+            continue
         mark = msg.mark()
         msg.record(rec, query)
         if len(msg.buf) > room and count:
