@@ -38,6 +38,7 @@ coroutine awaiting the forwarder (``Upstream``), with no I/O of its own.
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from enum import Enum
 from typing import Any, Protocol
@@ -135,13 +136,14 @@ def candidates(base: str, zone: str, search: Sequence[str]) -> tuple[str, ...]:
 class Walk:
     """One query's walk: the candidates, tried in order against one snapshot."""
 
-    __slots__ = ("limit", "names", "normal", "query", "rotation", "server_max", "snap",
-                 "succeeded", "upstream", "zone")
+    __slots__ = ("clock", "deadline", "limit", "names", "normal", "query", "rotation",
+                 "server_max", "snap", "succeeded", "upstream", "zone")
 
     def __init__(self, snap: Snapshot, query: wire.Query, zone: str, tried: Sequence[str],
                  limit: int, server_max: int, rotation: int, upstream: Upstream | None,
                  normal: Callable[[], bytes | Awaitable[Reply]],
-                 succeeded: Callable[[bytes], None]) -> None:
+                 succeeded: Callable[[bytes], None],
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.snap = snap
         self.query = query
         self.names = tried
@@ -152,6 +154,10 @@ class Walk:
         self.normal = normal  # the reply to the name asked, were there no autopath
         self.succeeded = succeeded  # told of each reply that answers another name
         self.zone = zone
+        # Names asked upstream share one forward_deadline: past it, the name asked is
+        # answered as usual (each one still has forward_deadline of its own).
+        self.clock = clock
+        self.deadline = clock() + snap.config.forward_deadline
 
     def run(self) -> bytes | Awaitable[Reply] | None:
         """The reply for the first name that exists; None when none does and none had
@@ -173,6 +179,8 @@ class Walk:
         step: Step | Awaitable[Step] = await pending
         for name in (None, *self.names[start:]):
             if name is not None:
+                if self.clock() >= self.deadline:
+                    break
                 step = self._step(name)
                 if not isinstance(step, bytes | Miss):
                     step = await step

@@ -57,6 +57,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from clusterdns.autopath import source_ip
+from clusterdns.objects import Pod
 from clusterdns.snapshot import Snapshot, SnapshotRef
 
 UDP4: Final = 0
@@ -324,8 +325,13 @@ class ReplyCache:
 
     def _walks_for(self, namespace: str, peer: object) -> bool:
         """Whether autopath walks the search list of ``peer``, a pod of ``namespace``."""
-        ip = source_ip(peer)
-        return ip is not None and self._ref.current.autopath_namespace(ip) == namespace
+        ip = peer[0] if type(peer) is tuple and peer else None  # what asyncio hands over
+        if type(ip) is not str or ":" in ip:  # IPv6, IPv4-mapped: canonical text first
+            ip = source_ip(peer)
+            if ip is None:
+                return False
+        held = self._ref.current.pods_by_ip.get(ip)
+        return type(held) is Pod and held.namespace == namespace and held.autopath
 
     def _forwarded_reply(self, data: bytes, slot: int) -> bytes | None:
         """The hit path for forwarded answers: TTLs aged to the second."""

@@ -10,10 +10,11 @@ own, ``corp.test``. Expected answers come from the objects and zone lines below.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from upstream import FakeUpstream
 
-from clusterdns import autopath, config, corefile
+from clusterdns import autopath, config, corefile, wire
 from clusterdns.config import Config, ConfigError, ListenAddr, PodsMode, SourceSpec
 from clusterdns.objects import Cluster, Namespace, Pod
+from clusterdns.records import Record
 from clusterdns.snapshot import SnapshotRef, unsynced
 from clusterdns.source.kube import KubeSource, Tuning
 from conftest import (
@@ -301,6 +303,27 @@ def test_s8_a_finished_pod_that_had_the_address_does_not_count(server: RunningSe
     assert walked_to(ask(server, asked, source=REUSED), asked, "example.test")
 
 
+def test_s8_an_upstream_that_does_not_answer_ends_the_walk_with_the_name_asked_as_usual(
+        fake: FakeKube, tmp_path: Path) -> None:
+    silent = FakeUpstream(UPSTREAM_ZONE)
+    silent.silent = True
+    handle = start(autopath_config(tmp_path, fake, silent, forward_timeout=0.2,
+                                   forward_deadline=0.4))
+    try:
+        started = time.monotonic()
+        reply = ask(handle.server, "example.test.team-a.svc.cluster.local", source=POD_A)
+        assert reply.rcode() == NXDOMAIN and not reply.answer
+        assert [(e.code, e.text) for e in reply.extended_errors()] == [
+            (0, 'service "test" not found in namespace "team-a"')]
+        assert time.monotonic() - started < 2.0
+        assert silent.count("example.test.corp.test") >= 1  # asked, never answered
+        assert silent.count("example.test") == 0  # the walk ended there
+        assert handle.server.app.handler.stats.autopath == 0
+    finally:
+        _stop(handle)
+        silent.close()
+
+
 # ------------------------------------------------------------------ when it is not
 
 
@@ -342,6 +365,25 @@ def test_s8_a_server_without_autopath_answers_every_pod_as_usual(
         reply = ask(handle.server, "example.test.team-a.svc.cluster.local", source=POD_A)
         assert reply.rcode() == NXDOMAIN and not reply.answer
         assert handle.server.app.handler.stats.autopath == 0
+    finally:
+        _stop(handle)
+
+
+def test_s8_a_reload_turns_autopath_on_and_off(fake: FakeKube, upstream: FakeUpstream,
+                                               tmp_path: Path) -> None:
+    cfg = autopath_config(tmp_path, fake, upstream, autopath=False)
+    handle = start(cfg)
+    asked = "example.test.team-a.svc.cluster.local"
+    try:
+        for on in (True, False):
+            app = handle.server.app
+            asyncio.run_coroutine_threadsafe(app.apply_config(cfg.replace(autopath=on)),
+                                             handle.server.loop).result(timeout=10)
+            deadline = time.monotonic() + WITHIN
+            while walked_to(ask(handle.server, asked, source=POD_A), asked,
+                            "example.test") != on:
+                assert time.monotonic() < deadline, f"autopath not {on} after the reload"
+                time.sleep(0.05)
     finally:
         _stop(handle)
 
@@ -575,6 +617,45 @@ def test_s8_the_address_index_after_any_pod_changes_equals_one_built_from_scratc
         for ip, ps in want.items():
             expect = ps[0].namespace if len(ps) == 1 and ps[0].autopath else None
             assert snap.autopath_namespace(ip) == expect
+
+
+def test_s8_names_asked_upstream_share_one_forward_deadline() -> None:
+    """Each upstream name of a walk takes 0.3 s here (a slow upstream that answers
+    NXDOMAIN); with forward_deadline 1 s the walk asks no name after the deadline and
+    answers the name asked as usual."""
+    cfg = Config(pods=PodsMode.VERIFIED, autopath=True, forward_deadline=1.0)
+    snap = SnapshotRef(unsynced(cfg)).publish_cluster(
+        Cluster(pods=(Pod("a", "p", ("10.0.0.1",), "Running"),)), cfg)
+    now = [0.0]
+    asked: list[str] = []
+
+    class Slow:
+        def answer(self, *args: Any, **kwargs: Any) -> bytes:
+            raise AssertionError("no ExternalName here")
+
+        def candidate(self, query: wire.Query, limit: int, name: str,
+                      cname: Record) -> Awaitable[autopath.Step]:
+            async def later() -> autopath.Step:
+                now[0] += 0.3
+                asked.append(name)
+                return autopath.Miss.NXDOMAIN
+            return later()
+
+    query = wire.parse(dns.message.make_query("x.example.a.svc.cluster.local", "A").to_wire())
+    tried = autopath.candidates("x.example", "cluster.local",
+                                tuple(f"d{i}.test" for i in range(8)))
+    walk = autopath.Walk(snap, query, "cluster.local", tried, 512, 1232, 0, Slow(),
+                         lambda: b"the usual answer", lambda reply: None,
+                         clock=lambda: now[0])
+    pending = walk.run()
+    assert pending is not None and not isinstance(pending, bytes)
+    assert asyncio.run(_awaited(pending)) == b"the usual answer"
+    assert asked == ["x.example.d0.test", "x.example.d1.test", "x.example.d2.test",
+                     "x.example.d3.test"]  # the fourth began at 0.9 s, the fifth would at 1.2
+
+
+async def _awaited(pending: Awaitable[bytes | None]) -> bytes | None:
+    return await pending
 
 
 def test_s8_without_autopath_no_address_index_is_kept() -> None:
