@@ -21,6 +21,7 @@ import socket
 import struct
 import subprocess
 import sys
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,9 +39,10 @@ import dns.rdatatype
 import dns.rdtypes.ANY.SOA
 import dns.zone
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.cluster import objects, write_json_list
-from clusterdns.config import Config, SourceSpec
+from clusterdns.config import Config, ListenAddr, SourceSpec
 from clusterdns.source.kube import KubeSource, Tuning
 from clusterdns.transfer import MAX_TRANSFERS
 from conftest import DEMO_CLUSTER, EXTRA_CLUSTER, FAKE_BOOKMARK_INTERVAL, RunningServer, wait_until
@@ -401,6 +403,35 @@ def test_transfers_are_refused_when_off_and_for_zones_not_listed(
     below = ede(refusal(some, "svc.cluster.local"))
     assert below and "svc.cluster.local is not a zone" in below[0][1]
     assert complete(transfer(some, "in-addr.arpa"))
+
+
+def test_before_the_first_sync_a_transfer_is_servfail_and_outside_our_zones_refused(
+        make_server: Callable[..., RunningServer]) -> None:
+    server = make_server(publish=False, transfer_to=("*",))
+    (raw,) = transfer(server, "cluster.local", edns=True)
+    msg = dns.message.from_wire(raw)
+    assert msg.rcode() == dns.rcode.SERVFAIL and not msg.answer
+    assert ede(msg) == [(14, "not synced with the API server")]
+    outside = refusal(server, "example.com")
+    assert ede(outside) == [(20, "not authoritative for example.com")]
+
+
+def test_transfers_are_counted_per_zone_and_result_in_the_metrics(
+        make_server: Callable[..., RunningServer]) -> None:
+    server = make_server(transfer_to=(ALLOWED,), metrics=ListenAddr("127.0.0.1", 0))
+    assert complete(transfer(server, "cluster.local"))
+    assert complete(transfer(server, "in-addr.arpa"))
+    refusal(server, "cluster.local", source=OTHER)
+    transfer(server, "cluster.local", "IXFR", serial=serial_of(server))
+    host, port = server.app.http_bound["metrics"]
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    counted = {(s.labels["zone"], s.labels["result"]): s.value
+               for family in text_string_to_metric_families(text)
+               if family.name == "clusterdns_transfers" for s in family.samples
+               if s.name == "clusterdns_transfers_total"}
+    assert counted == {("cluster.local", "complete"): 1, ("in-addr.arpa", "complete"): 1,
+                       ("cluster.local", "refused"): 1, ("cluster.local", "up_to_date"): 1}
 
 
 def test_a_reload_that_sets_transfer_to_turns_transfers_on(
