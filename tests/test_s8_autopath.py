@@ -358,6 +358,11 @@ def test_s8_a_pod_asking_for_a_name_under_another_namespace_gets_it_as_usual(
     assert reply.rcode() == NXDOMAIN and not reply.answer
 
 
+def test_s8_the_first_search_domain_itself_is_answered_as_usual(server: RunningServer) -> None:
+    reply = ask(server, "team-a.svc.cluster.local", source=POD_A)
+    assert reply.rcode() == NOERROR and not reply.answer  # the namespace: NODATA
+
+
 def test_s8_a_server_without_autopath_answers_every_pod_as_usual(
         fake: FakeKube, upstream: FakeUpstream, tmp_path: Path) -> None:
     handle = start(autopath_config(tmp_path, fake, upstream, autopath=False))
