@@ -358,6 +358,21 @@ def test_s8_a_pod_asking_for_a_name_under_another_namespace_gets_it_as_usual(
     assert reply.rcode() == NXDOMAIN and not reply.answer
 
 
+def test_s8_without_upstreams_only_names_in_our_zones_are_tried(
+        fake: FakeKube, upstream: FakeUpstream, tmp_path: Path) -> None:
+    handle = start(autopath_config(tmp_path, fake, upstream, upstreams=()))
+    try:
+        asked = "svc3.team-b.team-a.svc.cluster.local"
+        assert walked_to(ask(handle.server, asked, source=POD_A), asked,
+                         "svc3.team-b.svc.cluster.local")
+        reply = ask(handle.server, "example.test.team-a.svc.cluster.local", source=POD_A)
+        assert reply.rcode() == NXDOMAIN and not reply.answer  # not REFUSED, not SERVFAIL
+        assert [(e.code, e.text) for e in reply.extended_errors()] == [
+            (0, 'service "test" not found in namespace "team-a"')]
+    finally:
+        _stop(handle)
+
+
 def test_s8_the_first_search_domain_itself_is_answered_as_usual(server: RunningServer) -> None:
     reply = ask(server, "team-a.svc.cluster.local", source=POD_A)
     assert reply.rcode() == NOERROR and not reply.answer  # the namespace: NODATA
