@@ -205,20 +205,11 @@ class Forwarder:
         if not self.upstreams:
             return self._error(query, limit, chain, Outcome.SERVFAIL,
                                wire.EDE_NO_REACHABLE_AUTHORITY, "no usable upstream")
-        do = query.edns is not None and query.edns.do
-        key: CacheKey = (name, query.qtype, query.qclass, do)
-        entry = self._cached(key)
-        if entry is not None:
-            now = self.clock()
-            age = now - entry.stored
-            if age < entry.ttl:
-                self.stats.cache_hits[entry.kind] += 1
-                self._popular(key, entry, now, age, query)
-                return self._relay(query, limit, chain, entry, int(age),
-                                   remember=not (chain or ours))
-        self.stats.cache_misses += 1
-        if self.inflight >= self.config.forward_max_concurrent:
-            self.stats.refused_over_cap += 1
+        key, entry, age = self._lookup(query, name)
+        if age is not None:
+            assert entry is not None
+            return self._relay(query, limit, chain, entry, age, remember=not (chain or ours))
+        if not self._may_ask():
             return self._error(query, limit, chain, Outcome.REFUSED, EDE_OTHER,
                                "too many upstream queries in flight")
         self.inflight += 1
@@ -235,19 +226,11 @@ class Forwarder:
         client's own search list, so it is never handed to the fast path."""
         if self.loop_detected or not self.upstreams:
             return Miss.FAILED
-        do = query.edns is not None and query.edns.do
-        key: CacheKey = (name, query.qtype, query.qclass, do)
-        entry = self._cached(key)
-        if entry is not None:
-            now = self.clock()
-            age = now - entry.stored
-            if age < entry.ttl:
-                self.stats.cache_hits[entry.kind] += 1
-                self._popular(key, entry, now, age, query)
-                return self._walked(query, limit, cname, entry.reply, entry, int(age))
-        self.stats.cache_misses += 1
-        if self.inflight >= self.config.forward_max_concurrent:
-            self.stats.refused_over_cap += 1
+        key, entry, age = self._lookup(query, name)
+        if age is not None:
+            assert entry is not None
+            return self._walked(query, limit, cname, entry.reply, entry, age)
+        if not self._may_ask():
             return Miss.FAILED
         self.inflight += 1
         return self._candidate(query, limit, name, cname, key, entry)
@@ -287,6 +270,31 @@ class Forwarder:
                  else self.config.cache_negative_min_ttl)
         return wire.relay(query, reply, limit, self.max_udp_size, chain=chain,
                           ttl_cap=entry.ttl, ttl_floor=floor, age=age)
+
+    def _lookup(self, query: wire.Query, name: str
+                ) -> tuple[CacheKey, CacheEntry | None, int | None]:
+        """The cache key of ``name`` asked as ``query`` asks, its entry if any, and the
+        entry's age in whole seconds when it is still fresh (a hit, counted, and maybe a
+        prefetch started), else None (a miss, counted)."""
+        do = query.edns is not None and query.edns.do
+        key: CacheKey = (name, query.qtype, query.qclass, do)
+        entry = self._cached(key)
+        if entry is not None:
+            now = self.clock()
+            age = now - entry.stored
+            if age < entry.ttl:
+                self.stats.cache_hits[entry.kind] += 1
+                self._popular(key, entry, now, age, query)
+                return key, entry, int(age)
+        self.stats.cache_misses += 1
+        return key, entry, None
+
+    def _may_ask(self) -> bool:
+        """Whether one more upstream query may be in flight (else counted as refused)."""
+        if self.inflight >= self.config.forward_max_concurrent:
+            self.stats.refused_over_cap += 1
+            return False
+        return True
 
     def _cached(self, key: CacheKey) -> CacheEntry | None:
         for cache in (self.cache, self.denials):
