@@ -37,7 +37,7 @@ from clusterdns.snapshot.claims import KEEP, ClaimBook, Claims
 from clusterdns.snapshot.index import Compact, CowIndex, NodeStore, shards_for
 from clusterdns.snapshot.model import ServiceInfo, Snapshot, service_info
 from clusterdns.snapshot.nodes import MCS_OWNER, NAME, ZONE_OWNER, Owner, record_values
-from clusterdns.snapshot.pods import NO_PODS, PodIndex
+from clusterdns.snapshot.pods import NO_PODS, PodAddresses, PodIndex, address_key
 
 Key = tuple[str, str]  # (namespace, name); namespaces use ("", name)
 _Item = tuple[tuple[str, ...], str, str]  # a ready endpoint: (addresses, hostname, pod name)
@@ -87,6 +87,7 @@ class Builder:
         self.namespace_objects: set[str] = set()
         self.ns_refs: dict[str, int] = {}  # namespace -> objects that make it exist
         self.pod_ip_refs: dict[tuple[str, str], int] = {}
+        self.pod_ip_index = CowIndex(shards_for(len(cluster.pods)))  # of pod_ip_refs' keys
         # Which pod holds each address (autopath must know who asks); kept only for it.
         self.pod_index = PodIndex(len(cluster.pods)) if config.autopath else None
         self.imports: dict[Key, ServiceImport] = {}
@@ -108,7 +109,7 @@ class Builder:
         self._dirty_namespaces: set[str] = set()
         self._pods_changed = True
         self._namespaces: frozenset[str] = frozenset()
-        self._pod_ips: frozenset[tuple[str, str]] = frozenset()
+        self._pod_ips: PodAddresses = PodAddresses({}, frozenset())
         self.replaced = 0  # names the last publish wrote or removed (tests and benches)
         for ns in cluster.namespaces:
             self.apply(ns)
@@ -185,8 +186,10 @@ class Builder:
             if self.pod_index is not None:
                 self.pod_index.add(obj)
             for ip in obj.ips:
-                self.pod_ip_refs[(obj.namespace, ip)] = self.pod_ip_refs.get(
-                    (obj.namespace, ip), 0) + 1
+                held = self.pod_ip_refs.get((obj.namespace, ip), 0)
+                if not held:
+                    self.pod_ip_index.set_new(address_key(obj.namespace, ip), True)
+                self.pod_ip_refs[(obj.namespace, ip)] = held + 1
             self._pods_changed = True
 
     def delete(self, kind: type[KubeObject], key: Key) -> None:
@@ -267,6 +270,7 @@ class Builder:
                 self.pod_ip_refs[k] = left
             else:
                 del self.pod_ip_refs[k]
+                self.pod_ip_index.delete(address_key(*k))
         self._pods_changed = True
 
     # ------------------------------------------------------------------ publication
@@ -316,7 +320,7 @@ class Builder:
         self._dirty_imports.clear()
         self.book.claim(ZONE_OWNER, self._zone_claims(serial))  # the SOA serial, kube-dns
         if self._pods_changed:
-            self._pod_ips = frozenset(k for k in self.pod_ip_refs if k[0] in self._namespaces)
+            self._pod_ips = PodAddresses(self.pod_ip_index.freeze(), self._namespaces)
             self._pods_changed = False
         self.replaced = self.index.writes - writes
         return Snapshot(serial=serial, synced=True, config=self.config,

@@ -10,7 +10,7 @@ explain themselves (``services``), the namespaces and pod addresses that exist, 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Set
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -50,7 +50,7 @@ class Snapshot:
     forward_zones: tuple[str, ...]
     nodes: Mapping[str, Node]
     namespaces: frozenset[str]  # exposed namespaces that exist
-    pod_ips: frozenset[tuple[str, str]]  # (namespace, ip) of every pod, for pods verified
+    pod_ips: Set[tuple[str, str]]  # (namespace, ip) of every pod, for pods verified
     services: Mapping[tuple[str, str], ServiceInfo] = field(
         default_factory=lambda: MappingProxyType({}))
     # Address -> the pod holding it, or every pod when several do; only with autopath.
