@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clusterdns import wire
-from clusterdns.config import Config, ConfigError, parse_listen
+from clusterdns.config import Config, ConfigError, ListenAddr, parse_listen
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +60,8 @@ class ForwardStats:
 
 
 @dataclass(frozen=True, slots=True)
-class Upstream:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+class Upstream(ListenAddr):
+    """An upstream's address: a host and port, written as a listen address is."""
 
 
 # ------------------------------------------------------------------ the upstream list
