@@ -20,11 +20,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import random
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,7 +34,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import dns.exception
 import dns.message
@@ -350,11 +352,12 @@ _VERBOSE = re.compile(r"^> \S+ \S+ \S+ ([0-9.]+)$", re.MULTILINE)
 
 def dnsperf(port: int, queries: Path, seconds: float, clients: int = 1, outstanding: int = 100,
             rate: int | None = None, threads: int = 1, cpus: str | None = None,
-            verbose: bool = False) -> DnsperfResult:
+            verbose: bool = False, source: str | None = None) -> DnsperfResult:
     """One dnsperf run against 127.0.0.1:``port`` over UDP.
 
     ``clients`` (-c) sockets, ``outstanding`` (-q) queries in flight, ``rate`` (-Q) caps
-    queries per second, ``threads`` (-T). ``verbose`` collects every query's latency.
+    queries per second, ``threads`` (-T), ``source`` (-a) the address queries come from.
+    ``verbose`` collects every query's latency.
     """
     if shutil.which("dnsperf") is None:
         raise SystemExit("dnsperf not found (apt-get install -y dnsperf)")
@@ -363,6 +366,8 @@ def dnsperf(port: int, queries: Path, seconds: float, clients: int = 1, outstand
            "-t", "2"]
     if rate is not None:
         cmd += ["-Q", str(rate)]
+    if source is not None:
+        cmd += ["-a", source]
     if verbose:
         cmd.append("-v")
     # dnsperf writes its report (with -v, one line per answered query: ~16 MB per 10 s at
@@ -422,9 +427,39 @@ def machine_load() -> str:
 
 
 def median_text(values: Sequence[float], digits: int = 0) -> str:
-    from statistics import median
+    return f"{statistics.median(values):,.{digits}f}" if values else "-"
 
-    return f"{median(values):,.{digits}f}" if values else "-"
+
+def median(values: Sequence[float]) -> float:
+    """The median, NaN when there are no values."""
+    return statistics.median(values) if values else math.nan
+
+
+def nearest_rank(values: Sequence[float], share: float, missing: int = 0) -> float:
+    """Nearest-rank percentile (``share`` in 0..1) of ``values``; ``missing`` values
+    (unanswered queries) count as larger than all of them (infinite); NaN when there is
+    nothing."""
+    total = len(values) + missing
+    if total == 0:
+        return math.nan
+    rank = max(math.ceil(share * total), 1)
+    if rank > len(values):
+        return math.inf
+    return sorted(values)[rank - 1]
+
+
+def percentile_ms(latencies_ns: Sequence[int], missing: int, share: float) -> float:
+    """Nearest-rank percentile in ms; ``missing`` unanswered queries count as infinite."""
+    return nearest_rank(latencies_ns, share, missing) / 1e6
+
+
+def ms(value: float, digits: int = 2, unit: str = "") -> str:
+    """A latency for the table; infinite (a lost query is the percentile) is "lost"."""
+    if math.isinf(value):
+        return "lost"
+    if math.isnan(value):
+        return "-"
+    return f"{value:.{digits}f}{unit}"
 
 
 # -- command line and the running pair of servers ------------------------------------------
@@ -520,17 +555,28 @@ def warm_up(server: Server, queries: Path, pin: str) -> None:
             rate=WARM_UP_RATE, cpus=pin_cpus(pin)[0])
 
 
+Measured = TypeVar("Measured", Table, list[Table])
+
+
 def table_for(add_arguments: Callable[[argparse.ArgumentParser], None],
-              measure: Callable[[argparse.Namespace], Table], runs: int) -> Table:
+              measure: Callable[[argparse.Namespace], Measured], runs: int) -> Measured:
     """A script's ``main_table`` (for run_all): its defaults with ``runs`` runs."""
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     return measure(parser.parse_args(["--runs", str(runs)]))
 
 
-def run_main(doc: str | None, add_arguments: Callable[[argparse.ArgumentParser], None],
-             measure: Callable[[argparse.Namespace], Table]) -> None:
-    """A script's ``main``: parse the command line, measure, print the Markdown table."""
+def command_line(doc: str | None,
+                 add_arguments: Callable[[argparse.ArgumentParser], None]) -> argparse.Namespace:
+    """A script's command line, parsed; its help starts with the docstring's first line."""
     parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
     add_arguments(parser)
-    print(markdown(*measure(parser.parse_args())))
+    return parser.parse_args()
+
+
+def run_main(doc: str | None, add_arguments: Callable[[argparse.ArgumentParser], None],
+             measure: Callable[[argparse.Namespace], Table | list[Table]]) -> None:
+    """A script's ``main``: parse the command line, measure, print the Markdown table(s)."""
+    measured = measure(command_line(doc, add_arguments))
+    for table in measured if isinstance(measured, list) else [measured]:
+        print(markdown(*table))

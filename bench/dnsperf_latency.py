@@ -15,21 +15,11 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-from collections.abc import Sequence
 
 from bench import dnsperf_common as common
 
 TABLE_ORDER = 3
 TARGET_P99_MS = 1.0
-
-
-def percentile(values: Sequence[float], share: float) -> float:
-    """Nearest-rank percentile (``share`` in 0..1) of ``values``."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = max(math.ceil(share * len(ordered)), 1)
-    return ordered[rank - 1]
 
 
 def measure(args: argparse.Namespace) -> common.Table:
@@ -45,8 +35,8 @@ def measure(args: argparse.Namespace) -> common.Table:
                                         rate=args.rate, cpus=dnsperf_cpus, verbose=True)
                 missing = max(result.sent - len(result.latencies), 0)
                 samples = [*result.latencies, *[math.inf] * missing]
-                p50[server.name].append(percentile(samples, 0.50))
-                p99[server.name].append(percentile(samples, 0.99))
+                p50[server.name].append(common.nearest_rank(samples, 0.50))
+                p99[server.name].append(common.nearest_rank(samples, 0.99))
                 lost[server.name].append(missing)
                 print(f"run {run + 1} {server.name}: {result.qps:,.0f} q/s, p50 "
                       f"{p50[server.name][-1] * 1e3:.3f} ms, p99 "

@@ -76,6 +76,7 @@ from bench.dnsperf_common import (
     ROOT,
     free_port,
     machine_load,
+    median,
     process_cpu_seconds,
     records_text,
     stop,
@@ -818,10 +819,6 @@ def one_run(names: Names, queries: int, seed: int, window: int,
 
 
 # -- the table -----------------------------------------------------------------------------
-
-
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else float("nan")
 
 
 def rcode_text(rcodes: Counter[int]) -> str:

@@ -104,9 +104,13 @@ import yaml
 
 from bench import cluster
 from bench.dnsperf_common import (
+    command_line,
     descendants,
     free_port,
     machine_load,
+    median,
+    ms,
+    percentile_ms,
     process_cpu_seconds,
     stop,
     table_for,
@@ -557,13 +561,7 @@ class Window:
         """Nearest rank in ms over every query sent; lost ones count as infinite.
         ``as_read``: to the measuring loop reading the reply, not to its arrival."""
         latencies = self.read_latencies_ns if as_read else self.latencies_ns
-        total = len(latencies) + self.lost
-        if total == 0:
-            return math.nan
-        rank = max(math.ceil(share * total), 1)
-        if rank > len(latencies):
-            return math.inf
-        return sorted(latencies)[rank - 1] / 1e6
+        return percentile_ms(latencies, self.lost, share)
 
     @property
     def max_ms(self) -> float:
@@ -1114,14 +1112,6 @@ def run_once(number: int, scenario: Scenario, args: argparse.Namespace,
 # -- text ----------------------------------------------------------------------------------
 
 
-def ms(value: float, digits: int = 2) -> str:
-    if math.isinf(value):
-        return "lost"
-    if math.isnan(value):
-        return "-"
-    return f"{value:.{digits}f}"
-
-
 def seconds_text(value: float) -> str:
     if math.isinf(value):
         return f"not within {SERVED_TIMEOUT_S:g} s"
@@ -1207,10 +1197,6 @@ def phase_text(slow: dict[str, list[float]]) -> str:
 
 
 # -- the table -----------------------------------------------------------------------------
-
-
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else math.nan
 
 
 def window_row(label: str, windows: Sequence[Window], served: bool, target: str,
@@ -1347,9 +1333,7 @@ def main_table(runs: int = 3) -> Table:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args()
+    args = command_line(__doc__, add_arguments)
     if args.writer:
         writer_main(args.writer[0], Path(args.writer[1]))
         return

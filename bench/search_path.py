@@ -427,16 +427,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main_table(runs: int = 3) -> list[common.Table]:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return measure(parser.parse_args(["--runs", str(runs)]))
+    return common.table_for(add_arguments, measure, runs)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    add_arguments(parser)
-    for table in measure(parser.parse_args()):
-        print(common.markdown(*table))
+    common.run_main(__doc__, add_arguments, measure)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,6 @@ import os
 import resource
 import select
 import socket
-import statistics
 import struct
 import subprocess
 import sys
@@ -72,8 +71,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.dnsperf_common import (
+    command_line,
     free_port,
     machine_load,
+    median,
+    ms,
+    percentile_ms,
     process_cpu_seconds,
     stop,
     table_for,
@@ -419,17 +422,6 @@ def machine_busy_seconds() -> float:
     return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def percentile_ms(latencies_ns: Sequence[int], missing: int, share: float) -> float:
-    """Nearest-rank percentile in ms; ``missing`` unanswered queries count as infinite."""
-    total = len(latencies_ns) + missing
-    if total == 0:
-        return math.nan
-    rank = max(math.ceil(share * total), 1)
-    if rank > len(latencies_ns):
-        return math.inf
-    return sorted(latencies_ns)[rank - 1] / 1e6
-
-
 def measure_clients(port: int, server_pid: int, seconds: float, udp_rate: int,
                     tcp_rate: float, attacker_pid: int | None = None) -> Phase:
     """The UDP client at ``udp_rate`` and the well-behaved TCP client for ``seconds``,
@@ -634,15 +626,6 @@ def run_once(number: int, args: argparse.Namespace, directory: Path) -> Run:
     return run
 
 
-def ms(value: float, digits: int = 2, unit: str = "") -> str:
-    """A latency for the table; infinite (a lost query is the percentile) is "lost"."""
-    if math.isinf(value):
-        return "lost"
-    if math.isnan(value):
-        return "-"
-    return f"{value:.{digits}f}{unit}"
-
-
 def cpu_text(phase: Phase) -> str:
     """Server / attacker / measuring client / everything else, in % of one core."""
     attacker = "-" if math.isnan(phase.attacker_cpu) else f"{phase.attacker_cpu:.0%}"
@@ -695,10 +678,6 @@ def describe_attack(run: Run) -> str:
 
 
 # -- the table -----------------------------------------------------------------------------
-
-
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else math.nan
 
 
 def phase_row(label: str, phases: Sequence[Phase], target: str, verdict: str) -> list[str]:
@@ -792,9 +771,7 @@ def main_table(runs: int = 3) -> Table:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args()
+    args = command_line(__doc__, add_arguments)
     if args.attack:
         port, connections, pipelined, backlog, limit_s = args.attack
         attack_main(int(port), int(connections), int(pipelined), int(backlog),
