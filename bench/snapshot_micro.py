@@ -34,15 +34,12 @@ from typing import Any
 from bench.cluster import namespace_of, objects
 from clusterdns.config import Config
 from clusterdns.convert import convert
-from clusterdns.objects import Endpoint, EndpointSlice, KubeObject, Namespace, Pod, Service
+from clusterdns.objects import Endpoint, EndpointSlice
 from clusterdns.snapshot import SnapshotRef, unsynced
-from clusterdns.store import Kind, Store
+from clusterdns.store import KIND_TYPES, Kind, Store
 
 KINDS = {"Namespace": Kind.NAMESPACE, "Service": Kind.SERVICE,
          "EndpointSlice": Kind.ENDPOINT_SLICE, "Pod": Kind.POD}
-KIND_TYPES: dict[Kind, type[KubeObject]] = {
-    Kind.NAMESPACE: Namespace, Kind.SERVICE: Service, Kind.ENDPOINT_SLICE: EndpointSlice,
-    Kind.POD: Pod}
 
 
 def traced() -> int:

@@ -36,16 +36,7 @@ from clusterdns.metrics import (
     QueryMetrics,
     new_registry,
 )
-from clusterdns.objects import (
-    Cluster,
-    EndpointSlice,
-    KubeObject,
-    Namespace,
-    Pod,
-    Service,
-    ServiceImport,
-    ServiceKind,
-)
+from clusterdns.objects import Cluster, KubeObject, ServiceKind
 from clusterdns.querylog import QueryLog
 from clusterdns.reload import ConfigWatcher
 from clusterdns.server import DNSServer, Observe, ServerOptions
@@ -53,7 +44,7 @@ from clusterdns.snapshot import Snapshot, SnapshotRef, unsynced
 from clusterdns.source import KubeSourceError
 from clusterdns.source.dump import SourceError
 from clusterdns.source.file import FileSource
-from clusterdns.store import Key, Kind
+from clusterdns.store import KIND_TYPES, Key
 from clusterdns.transfer import TransferPolicy
 from clusterdns.wire import Query
 
@@ -66,9 +57,6 @@ COALESCE_SECONDS = 0.002  # gather a burst of events into one rebuild (a delta c
 SWITCH_INTERVAL = 0.001  # seconds a thread may hold the GIL while another waits for it
 DELTA_CHUNK = 32  # deltas per publish when many come at once
 TRIM_EVERY = 5.0  # seconds between returning freed heap memory to the system after publishes
-KIND_TYPES: dict[Kind, type[KubeObject]] = {
-    Kind.NAMESPACE: Namespace, Kind.SERVICE: Service, Kind.ENDPOINT_SLICE: EndpointSlice,
-    Kind.POD: Pod, Kind.SERVICE_IMPORT: ServiceImport}
 
 # What a reload cannot change without a restart (bound sockets).
 RESTART_KEYS = ("listen", "health", "ready", "metrics", "tcp_max_connections",

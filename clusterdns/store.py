@@ -37,6 +37,13 @@ class Kind(Enum):
     SERVICE_IMPORT = "ServiceImport"
 
 
+KIND_TYPES: dict[Kind, type[KubeObject]] = {
+    Kind.NAMESPACE: Namespace, Kind.SERVICE: Service, Kind.ENDPOINT_SLICE: EndpointSlice,
+    Kind.POD: Pod, Kind.SERVICE_IMPORT: ServiceImport}
+"""Each kind's object type (the snapshot builder's ``delete`` takes the type)."""
+KIND_OF: dict[type[KubeObject], Kind] = {t: k for k, t in KIND_TYPES.items()}
+"""Each object type's kind."""
+
 Key = tuple[str, str]
 
 

@@ -39,13 +39,9 @@ from clusterdns.objects import (
 from clusterdns.records import Record, RRType
 from clusterdns.snapshot import Snapshot, SnapshotRef, unsynced
 from clusterdns.source.kube import KubeSource, Tuning
-from clusterdns.store import Kind, Store
+from clusterdns.store import KIND_TYPES, Kind, Store
 from conftest import RunningServer, addresses
 from fakekube import FakeKube
-
-KIND_TYPES: dict[Kind, type[KubeObject]] = {
-    Kind.NAMESPACE: Namespace, Kind.SERVICE: Service, Kind.ENDPOINT_SLICE: EndpointSlice,
-    Kind.POD: Pod, Kind.SERVICE_IMPORT: ServiceImport}
 
 CONFIGS = {
     "default": Config(),

@@ -31,18 +31,10 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence, Sized
 from pathlib import Path
 
-from clusterdns.objects import (
-    Cluster,
-    EndpointSlice,
-    KubeObject,
-    Namespace,
-    Pod,
-    Service,
-    ServiceImport,
-)
+from clusterdns.objects import Cluster, KubeObject
 from clusterdns.source.dump import LoadResult, SourceError, load_files
 from clusterdns.source.loader import Loader
-from clusterdns.store import Key, Kind, Store, key_of
+from clusterdns.store import KIND_OF, Key, Kind, Store, key_of
 
 _log = logging.getLogger(__name__)
 
@@ -52,10 +44,6 @@ SETTLE_STEP = 0.1
 """Seconds between checks while waiting for the files to settle."""
 STILL_CHANGING = 30.0
 """Seconds of constant change after which a warning says the dump never settles."""
-
-_KINDS: dict[type[KubeObject], Kind] = {
-    Namespace: Kind.NAMESPACE, Service: Kind.SERVICE, EndpointSlice: Kind.ENDPOINT_SLICE,
-    Pod: Kind.POD, ServiceImport: Kind.SERVICE_IMPORT}
 
 # (mtime_ns, size, inode) of a path, or None when it cannot be stat'ed.
 _FileState = tuple[int, int, int] | None
@@ -213,7 +201,7 @@ def _by_kind(objects: Sequence[KubeObject]) -> dict[Kind, dict[Key, KubeObject]]
     """Objects per kind and key; of duplicates the last wins (as in ``load_files``)."""
     out: dict[Kind, dict[Key, KubeObject]] = {}
     for obj in objects:
-        out.setdefault(_KINDS[type(obj)], {})[key_of(obj)] = obj
+        out.setdefault(KIND_OF[type(obj)], {})[key_of(obj)] = obj
     return out
 
 
