@@ -206,20 +206,6 @@ def run_lookups(port: int, source: str, names: Sequence[str]) -> tuple[float, fl
     return out[0], out[1], out[2], out[3]
 
 
-def dnsperf_from(port: int, queries: Path, seconds: float, source: str) -> common.DnsperfResult:
-    """dnsperf ``-c 8 -q 500`` against 127.0.0.1:``port`` from ``source``."""
-    cmd = ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-a", source, "-d", str(queries),
-           "-l", str(seconds), "-c", "8", "-q", "500", "-t", "2"]
-    with tempfile.TemporaryFile() as report:
-        done = subprocess.run(cmd, stdout=report, stderr=subprocess.PIPE, text=True,
-                              check=False)
-        report.seek(0)
-        out = report.read().decode()
-    if done.returncode != 0:
-        raise SystemExit(f"dnsperf failed ({done.returncode}): {done.stderr[-2000:]}")
-    return common.parse_dnsperf(out)
-
-
 def measure_lookups(args: argparse.Namespace) -> common.Table:
     zone = fq.external_zone(max(fq.NAMES, 2 * args.runs * args.names + 10))
     hosts = [name for name, rtype in zone.existing if rtype == "A" and name.startswith("host-")]
@@ -268,7 +254,8 @@ def measure_lookups(args: argparse.Namespace) -> common.Table:
                         ("shaped NXDOMAIN, no autopath", off, nxdomain, OTHER_IP),
                         ("shaped NXDOMAIN, autopath", on, nxdomain, OTHER_IP),
                         ("walks", on, walks, POD_IP)):
-                    result = dnsperf_from(server.port, queries, args.seconds, source)
+                    result = common.dnsperf(server.port, queries, args.seconds, clients=8,
+                                            outstanding=500, source=source)
                     qps[label].append(result.qps)
                     print(f"run {run}, {label}: {result.qps:,.0f} q/s ({result.rcodes})",
                           flush=True)
