@@ -37,7 +37,7 @@ from typing import Protocol
 
 from clusterdns import names, records
 from clusterdns.objects import EndpointSlice, ServiceImport, ServiceKind
-from clusterdns.records import NS, SRV, TXT, Record
+from clusterdns.records import NS, TXT, Record
 
 SCHEMA_VERSION = "1.0.0"
 """The version of the multicluster schema served at ``dns-version.<zone>``."""
@@ -113,14 +113,14 @@ def import_records(imp: ServiceImport, slices: Iterable[EndpointSlice], zone: st
         per_slice.append((sl, list(targets)))
     ready = len(addresses)
     out: list[Record] = []
-    srv: dict[tuple[str, int, str], None] = {}  # (owner, port, target)
+    srv: list[tuple[str, int, str]] = []  # (owner, port, target); srv_records drops repeats
     if imp.kind is ServiceKind.CLUSTER_IP:
         if ignore_empty_service and not ready:
             return Imported(base, False, (), ready)
         out.extend(records.address_record(base, ttl, ip) for ip in imp.ips)
         for port in imp.ports:
             if port.name:
-                srv[(f"_{port.name}._{port.protocol}.{base}", port.port, base)] = None
+                srv.append((f"_{port.name}._{port.protocol}.{base}", port.port, base))
     else:
         if not ready:  # spec 2.4.1: no ready endpoint, NXDOMAIN
             return Imported(base, False, (), ready)
@@ -133,23 +133,10 @@ def import_records(imp: ServiceImport, slices: Iterable[EndpointSlice], zone: st
             for port in sl.ports:
                 if port.name:
                     for target in slice_targets:
-                        srv[(f"_{port.name}._{port.protocol}.{base}", port.port, target)] = None
-    out.extend(_srv_records(list(srv), base, ttl))
+                        srv.append((f"_{port.name}._{port.protocol}.{base}", port.port,
+                                    target))
+    out.extend(records.srv_records(srv, base, ttl))
     return Imported(base, True, tuple(out), ready)
-
-
-def _srv_records(srv: list[tuple[str, int, str]], base: str, ttl: int) -> list[Record]:
-    """The SRV RRsets as SPEC §S2.5 weighs them (priority 0, weight floor(100 / N)),
-    and at the bare service name every distinct (port, target)."""
-    per_owner: dict[str, int] = {}
-    for owner, _, _ in srv:
-        per_owner[owner] = per_owner.get(owner, 0) + 1
-    out = [Record(owner, ttl, SRV(0, records.srv_weight(per_owner[owner]), port, target))
-           for owner, port, target in srv]
-    bare = list(dict.fromkeys((port, target) for _, port, target in srv))
-    out.extend(Record(base, ttl, SRV(0, records.srv_weight(len(bare)), port, target))
-               for port, target in bare)
-    return out
 
 
 class ImportFacts(Protocol):

@@ -215,17 +215,25 @@ def service_records(
         owner = names.join(ep.label, base)
         out.extend(address_record(owner, ttl, ip) for ip in ep.addresses)
 
+    out.extend(srv_records(srv, base, ttl))
+    return out
+
+
+def srv_records(srv: Iterable[tuple[str, int, str]], base: str, ttl: int) -> list[Record]:
+    """The SRV RRsets of a service at ``base`` from its (owner, port, target) triples,
+    duplicates dropped, weighed as SPEC §S2.5 says (priority 0, weight floor(100 / N));
+    and at ``base`` itself every distinct (port, target)."""
     unique = list(dict.fromkeys(srv))
     by_owner: dict[str, int] = {}
     for owner, _, _ in unique:
         by_owner[owner] = by_owner.get(owner, 0) + 1
-    for owner, number, target in unique:
-        out.append(Record(owner, ttl, SRV(0, srv_weight(by_owner[owner]), number, target)))
+    out = [Record(owner, ttl, SRV(0, srv_weight(by_owner[owner]), number, target))
+           for owner, number, target in unique]
     # The bare service name answers SRV with every named port (SPEC §S2.5).
     # Two ports with one number (dns/UDP and dns-tcp/TCP on 53) are one record here.
     bare = list(dict.fromkeys((number, target) for _, number, target in unique))
-    for number, target in bare:
-        out.append(Record(base, ttl, SRV(0, srv_weight(len(bare)), number, target)))
+    out.extend(Record(base, ttl, SRV(0, srv_weight(len(bare)), number, target))
+               for number, target in bare)
     return out
 
 
