@@ -37,7 +37,7 @@ from typing import Protocol
 
 from clusterdns import names, records
 from clusterdns.objects import EndpointSlice, ServiceImport, ServiceKind
-from clusterdns.records import NS, TXT, Record
+from clusterdns.records import Record
 
 SCHEMA_VERSION = "1.0.0"
 """The version of the multicluster schema served at ``dns-version.<zone>``."""
@@ -51,9 +51,7 @@ users); such an endpoint gets no name of its own, and so no SRV record."""
 def apex_records(zone: str, serial: int, ttl: int) -> list[Record]:
     """SOA and NS as every zone has them (SPEC §S2.9), and the multicluster schema's
     ``dns-version`` (spec 2.2)."""
-    return [records.soa(zone, zone, serial, ttl, ttl),
-            Record(zone, ttl, NS(names.join("ns.dns", zone))),
-            Record(names.join("dns-version", zone), ttl, TXT((SCHEMA_VERSION,)))]
+    return records.apex_records(zone, zone, serial, ttl, SCHEMA_VERSION)
 
 
 @dataclass(frozen=True, slots=True)

@@ -124,11 +124,13 @@ def soa(zone: str, cluster_domain: str, serial: int, ttl: int, negative_ttl: int
                                  serial, 7200, 1800, 86400, negative_ttl))
 
 
-def apex_records(zone: str, cluster_domain: str, serial: int, ttl: int) -> list[Record]:
+def apex_records(zone: str, cluster_domain: str, serial: int, ttl: int,
+                 schema: str = SCHEMA_VERSION) -> list[Record]:
+    """SOA and NS, and in a forward zone ``dns-version`` saying ``schema``."""
     out = [soa(zone, cluster_domain, serial, ttl, ttl),
            Record(zone, ttl, NS(names.join("ns.dns", zone)))]
     if not names.is_reverse_zone(zone):
-        out.append(Record(names.join("dns-version", zone), ttl, TXT((SCHEMA_VERSION,))))
+        out.append(Record(names.join("dns-version", zone), ttl, TXT((schema,))))
     return out
 
 

@@ -391,11 +391,9 @@ class Builder:
         ttl, domain = self.ttl, self.domain
         recs: list[Record] = []
         kube_dns = self.services.get(("kube-system", "kube-dns"))
-        for zone in self.multicluster:
-            recs.extend(multicluster.apex_records(zone, serial, ttl))
         for zone in (*self.config.zones, *self.multicluster):
-            if zone not in self.multicluster:
-                recs.extend(records.apex_records(zone, domain, serial, ttl))
+            recs.extend(multicluster.apex_records(zone, serial, ttl) if zone in self.multicluster
+                        else records.apex_records(zone, domain, serial, ttl))
             if kube_dns is not None and zone not in self.reverse:
                 ns_name = names.join("ns.dns", zone)
                 recs.extend(records.address_record(ns_name, ttl, ip)
