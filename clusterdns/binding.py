@@ -15,6 +15,8 @@ import os
 import socket
 import sys
 
+from clusterdns.config import ListenAddr
+
 PRIVILEGED_BELOW = 1024  # net.ipv4.ip_unprivileged_port_start's default
 
 
@@ -33,10 +35,6 @@ class BindError(OSError):
         return self.message
 
 
-def address_text(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def explain(exc: OSError, role: str, proto: str, host: str, port: int,
             setting: str = "") -> str:
     """One line: what could not listen where, why, and how to fix it.
@@ -44,7 +42,7 @@ def explain(exc: OSError, role: str, proto: str, host: str, port: int,
     ``role`` is what the socket is for ("DNS", "HTTP /health"), ``proto`` "UDP" or
     "TCP", ``setting`` the flag or config key that chooses the address.
     """
-    where = address_text(host, port)
+    where = ListenAddr(host, port)
     head = f"cannot listen for {role} on {where} ({proto})"
     other = f"; choose another address with {setting}" if setting else ""
     code = exc.errno
