@@ -343,6 +343,11 @@ def _choice(value: Any, where: str, key: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def _zones(value: Any, where: str, key: str) -> tuple[str, ...]:
+    """A list of zones (possibly empty), normalised, each once, in the order given."""
+    return tuple(dict.fromkeys(parse_zone(str(z), where, key) for z in (value or [])))
+
+
 def _list(value: Any, where: str, key: str) -> list[Any]:
     if not isinstance(value, list) or not value:
         raise ConfigError(where, key, "expected a non-empty list")
@@ -362,8 +367,7 @@ def _options(where: str, base: Path | None) -> dict[str, Callable[[Any], Any]]:
         "endpoint_pod_names": lambda v: _bool(v, where, "endpoint_pod_names"),
         "ignore_empty_service": lambda v: _bool(v, where, "ignore_empty_service"),
         "autopath": lambda v: _bool(v, where, "autopath"),
-        "autopath_zones": lambda v: tuple(dict.fromkeys(
-            parse_zone(str(z), where, "autopath_zones") for z in (v or []))),
+        "autopath_zones": lambda v: _zones(v, where, "autopath_zones"),
         "autopath_resolv_conf": lambda v: _path(v, where, "autopath_resolv_conf", base),
         "max_udp_size": lambda v: _int(v, where, "max_udp_size", 512, 65535),
         "tcp_idle_timeout": lambda v: _number(v, where, "tcp_idle_timeout", 0.1, 3600),
@@ -374,8 +378,7 @@ def _options(where: str, base: Path | None) -> dict[str, Callable[[Any], Any]]:
         "context": lambda v: _str(v, where, "context"),
         "labels": lambda v: _str(v, where, "labels"),
         "watch_silence": lambda v: _number(v, where, "watch_silence", 1, 3600),
-        "multicluster_zones": lambda v: tuple(dict.fromkeys(
-            parse_zone(str(z), where, "multicluster_zones") for z in (v or []))),
+        "multicluster_zones": lambda v: _zones(v, where, "multicluster_zones"),
         "upstreams": lambda v: tuple(parse_upstream(x, where) for x in (v or [])),
         "forward_timeout": lambda v: _number(v, where, "forward_timeout", 0.05, 60),
         "forward_deadline": lambda v: _number(v, where, "forward_deadline", 0.05, 60),
@@ -404,8 +407,7 @@ def _options(where: str, base: Path | None) -> dict[str, Callable[[Any], Any]]:
         "serve_stale": lambda v: _number(v, where, "serve_stale", 0, 7 * 86400),
         "transfer_to": lambda v: tuple(dict.fromkeys(
             parse_transfer_peer(x, where) for x in (v or []))),
-        "transfer_zones": lambda v: tuple(dict.fromkeys(
-            parse_zone(str(z), where, "transfer_zones") for z in (v or []))),
+        "transfer_zones": lambda v: _zones(v, where, "transfer_zones"),
         "health": lambda v: parse_endpoint(v, where, "health"),
         "ready": lambda v: parse_endpoint(v, where, "ready"),
         "metrics": lambda v: parse_endpoint(v, where, "metrics"),
