@@ -151,21 +151,24 @@ class Builder:
             if obj.import_name or (old is not None and old.import_name):
                 self._import_slice(old, obj)
             # A slice imported for a ServiceImport only has the service "", which no
-            # Service has: it makes no name in the cluster zones.
+            # Service has: it makes no name in the cluster zones, so it joins no
+            # service's slices and changes no service's contribution.
             owner = (obj.namespace, obj.service)
             if old is not None and old.service == obj.service and \
                     old.ports == obj.ports and old.address_type == obj.address_type:
-                self._endpoints_moved(owner, old, obj)
                 self.slices[key] = obj
-                self.slices_by_svc[owner][obj.name] = obj
+                if obj.service:
+                    self._endpoints_moved(owner, old, obj)
+                    self.slices_by_svc[owner][obj.name] = obj
                 return
             if old is not None:
                 self._unlink_slice(old)
             else:
                 self._ns_ref(obj.namespace, 1)
             self.slices[key] = obj
-            self.slices_by_svc.setdefault(owner, {})[obj.name] = obj
-            self._recompute(owner)
+            if obj.service:
+                self.slices_by_svc.setdefault(owner, {})[obj.name] = obj
+                self._recompute(owner)
         elif isinstance(obj, Namespace):
             if obj.name not in self.namespace_objects:
                 self.namespace_objects.add(obj.name)
@@ -220,6 +223,8 @@ class Builder:
                 self._ns_ref(pod.namespace, -1)
 
     def _unlink_slice(self, old: EndpointSlice) -> None:
+        if not old.service:  # imported only: linked to no service
+            return
         owner = (old.namespace, old.service)
         group = self.slices_by_svc[owner]
         del group[old.name]
