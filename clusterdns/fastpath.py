@@ -364,18 +364,7 @@ class ReplyCache:
         Bounded like the other tables; returns whether it was kept."""
         if len(reply) < 12 or not plain_query(data):
             return False
-        hits = self.hits
-        key = hits.key(qtype, CACHE_DENIAL if denial else CACHE_SUCCESS, reply[3] & 0x0F,
-                       bool(reply[2] & 0x02), len(data), len(reply))
-        cell = hits.cell(key)
-        if cell is None:
-            hits.fold()
-            self._renew(self._serial)
-            for table in self._forwarded:
-                table.clear()
-            self.forwarded_bytes = 0
-            cell = hits.cell(key)
-            assert cell is not None
+        cell = self._cell(data, reply, qtype, CACHE_DENIAL if denial else CACHE_SUCCESS)
         template = reply[2:]
         size = len(data) + len(template) + ENTRY_OVERHEAD
         table = self._forwarded[1 if tcp else 0]
@@ -418,15 +407,7 @@ class ReplyCache:
             self._renew(snap.serial)
         if len(reply) < 12 or not plain_query(data):
             return False
-        hits = self.hits
-        key = hits.key(qtype, KUBERNETES if in_zone else NOT_OURS, reply[3] & 0x0F,
-                       bool(reply[2] & 0x02), len(data), len(reply))
-        cell = hits.cell(key)
-        if cell is None:  # no room for a new counter cell: fold them, start afresh
-            hits.fold()
-            self._renew(snap.serial)
-            cell = hits.cell(key)
-            assert cell is not None
+        cell = self._cell(data, reply, qtype, KUBERNETES if in_zone else NOT_OURS)
         table = self._tcp if tcp else self._udp
         key_bytes = data[2:]
         body = reply[2:]
@@ -460,6 +441,24 @@ class ReplyCache:
         entry.bodies[i] = body
         entry.cells[i] = cell
         return True
+
+    def _cell(self, data: bytes, reply: bytes, qtype: int, plugin: int) -> list[int]:
+        """The hit counter cell for ``reply`` to ``data``. When there is no room for a new
+        one, the cells are folded and every table, forwarded ones too, starts afresh: no
+        entry may go on counting into a cell already folded."""
+        hits = self.hits
+        key = hits.key(qtype, plugin, reply[3] & 0x0F, bool(reply[2] & 0x02), len(data),
+                       len(reply))
+        cell = hits.cell(key)
+        if cell is None:
+            hits.fold()
+            self._renew(self._serial)
+            for table in self._forwarded:
+                table.clear()
+            self.forwarded_bytes = 0
+            cell = hits.cell(key)
+            assert cell is not None
+        return cell
 
     def _make_room(self, table: dict[bytes, _Entry], key: bytes, size: int) -> bool:
         """Room for an entry of ``size`` at ``key`` (replacing what is there): the oldest

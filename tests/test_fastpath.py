@@ -262,6 +262,29 @@ def test_the_cache_is_bounded_and_evicts_the_oldest_entry(ref: SnapshotRef) -> N
     assert cache.lookup(queries[4], UDP4) is not None
 
 
+class _Origin:
+    hits = 0
+
+
+def test_no_hit_is_lost_when_the_counter_cells_are_folded(ref: SnapshotRef) -> None:
+    # A fold drops every entry counting into the folded cells, the forwarded ones too,
+    # whichever table's insert needed the new cell.
+    cache = ReplyCache(ref)
+    cache.hits.max_cells = 2
+    snap = ref.get()
+    forwarded = make_query("example.com", 1)
+    assert cache.lookup(forwarded, UDP4) is None  # the tables now belong to ``snap``
+    assert cache.remember(forwarded, False, b"\x00" * 12 + forwarded[12:], (), 0.0, 0,
+                          float("inf"), 1, False, _Origin())
+    assert cache.lookup(forwarded, UDP4) is not None
+    for i in range(3):  # replies of other sizes: new cells until there is no room
+        query = make_query("n" * (i + 1) + ".cluster.local", 1)
+        cache.insert(snap, query, False, b"\x00" * 12 + query[12:], qtype=1, in_zone=True)
+    assert cache.hits.folded == 1
+    hit = cache.lookup(forwarded, UDP4) is not None
+    assert cache.hits.total() == 1 + hit
+
+
 # ----------------------------------------------------------------------------- servers
 
 
