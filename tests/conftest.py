@@ -8,11 +8,12 @@ free port, so tests talk to it exactly as dig or a pod would.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -231,12 +232,24 @@ def is_nxdomain(server: RunningServer, name: str) -> Callable[[], bool]:
 FAKE_BOOKMARK_INTERVAL = 0.25  # well under the tests' 1 s stall detector: quiet watches stay
 
 
+@contextlib.contextmanager
+def serving_fake(objects: Path | Iterable[Mapping[str, Any]],
+                 bookmark_interval: float = FAKE_BOOKMARK_INTERVAL) -> Iterator[FakeKube]:
+    """A plain-HTTP FakeKube, serving while in the ``with``, holding ``objects``: a
+    ``kubectl get -o yaml`` dump or the objects themselves."""
+    server = FakeKube(bookmark_interval=bookmark_interval)
+    if isinstance(objects, Path):
+        server.load_yaml(objects)
+    else:
+        server.bulk_load(objects)
+    with server:
+        yield server
+
+
 @pytest.fixture
 def fake() -> Iterator[FakeKube]:
     """A plain-HTTP FakeKube holding the demo cluster, sending bookmarks every 0.25 s."""
-    server = FakeKube(bookmark_interval=FAKE_BOOKMARK_INTERVAL)
-    server.load_yaml(DEMO_CLUSTER)
-    with server:
+    with serving_fake(DEMO_CLUSTER) as server:
         yield server
 
 

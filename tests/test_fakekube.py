@@ -34,7 +34,7 @@ from kubernetes import client as _client
 from kubernetes import config as _config
 from kubernetes import watch as _watch
 
-from conftest import DEMO_CLUSTER, ROOT, free_port
+from conftest import DEMO_CLUSTER, ROOT, free_port, serving_fake
 from fakekube import CONTINUE_EXPIRED_MESSAGE, FakeKube, RequestRecord
 
 # The client packages are only partly typed (untyped Watch and config helpers, Optional
@@ -61,9 +61,7 @@ def service(name: str, namespace: str = "default", **labels: str) -> dict[str, A
 
 @pytest.fixture
 def fake() -> Iterator[FakeKube]:
-    server = FakeKube(bookmark_interval=0.2)
-    server.load_yaml(DEMO_CLUSTER)
-    with server:
+    with serving_fake(DEMO_CLUSTER, bookmark_interval=0.2) as server:
         yield server
 
 

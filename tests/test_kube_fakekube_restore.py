@@ -22,7 +22,7 @@ import urllib3
 from kubernetes import client as _client
 from test_fakekube import service
 
-from conftest import DEMO_CLUSTER
+from conftest import DEMO_CLUSTER, serving_fake
 from fakekube import TOO_LARGE_MESSAGE, FakeKube, too_large_status
 
 # Partly typed packages: used dynamically, as a caller of the wire would.
@@ -33,9 +33,7 @@ ApiException: Any = _client.exceptions.ApiException
 
 @pytest.fixture
 def fake() -> Iterator[FakeKube]:
-    server = FakeKube(bookmark_interval=0.2)
-    server.load_yaml(DEMO_CLUSTER)
-    with server:
+    with serving_fake(DEMO_CLUSTER, bookmark_interval=0.2) as server:
         yield server
 
 

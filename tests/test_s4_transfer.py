@@ -45,7 +45,7 @@ from bench.cluster import objects, write_json_list
 from clusterdns.config import Config, ListenAddr, SourceSpec
 from clusterdns.source.kube import KubeSource, Tuning
 from clusterdns.transfer import MAX_TRANSFERS
-from conftest import DEMO_CLUSTER, EXTRA_CLUSTER, FAKE_BOOKMARK_INTERVAL, RunningServer, wait_until
+from conftest import DEMO_CLUSTER, EXTRA_CLUSTER, RunningServer, serving_fake, wait_until
 from fakekube import FakeKube
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -499,9 +499,7 @@ BIG_TUNING = Tuning(page_size=500, slice_page_size=50, watch_timeout=30.0,
 
 @pytest.fixture
 def big_fake() -> Iterator[FakeKube]:
-    server = FakeKube(bookmark_interval=FAKE_BOOKMARK_INTERVAL)
-    server.bulk_load(objects(1_000, 20_000))
-    with server:
+    with serving_fake(objects(1_000, 20_000)) as server:
         yield server
 
 

@@ -29,7 +29,7 @@ import pytest
 
 from clusterdns.config import SourceSpec
 from clusterdns.source.kube import KubeSource, Tuning
-from conftest import FAKE_BOOKMARK_INTERVAL, ROOT, RunningServer, addresses, wait_until
+from conftest import ROOT, RunningServer, addresses, serving_fake, wait_until
 from fakekube import FakeKube
 
 NOERROR, NXDOMAIN, REFUSED = dns.rcode.NOERROR, dns.rcode.NXDOMAIN, dns.rcode.REFUSED
@@ -129,9 +129,7 @@ CLUSTER: list[dict[str, Any]] = [
 
 @pytest.fixture
 def mcs_fake() -> Iterator[FakeKube]:
-    server = FakeKube(bookmark_interval=FAKE_BOOKMARK_INTERVAL)
-    server.bulk_load(CLUSTER)
-    with server:
+    with serving_fake(CLUSTER) as server:
         yield server
 
 

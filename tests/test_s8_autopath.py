@@ -34,7 +34,6 @@ from clusterdns.records import Record
 from clusterdns.snapshot import SnapshotRef, unsynced
 from clusterdns.source.kube import KubeSource, Tuning
 from conftest import (
-    FAKE_BOOKMARK_INTERVAL,
     RunningServer,
     _Handle,
     _start,
@@ -42,6 +41,7 @@ from conftest import (
     demo_config,
     free_port,
     rrset_texts,
+    serving_fake,
 )
 from fakekube import FakeKube
 
@@ -143,9 +143,7 @@ def upstream() -> Iterator[FakeUpstream]:
 
 @pytest.fixture(scope="module")
 def fake() -> Iterator[FakeKube]:
-    server = FakeKube(bookmark_interval=FAKE_BOOKMARK_INTERVAL)
-    server.bulk_load(CLUSTER)
-    with server:
+    with serving_fake(CLUSTER) as server:
         yield server
 
 
