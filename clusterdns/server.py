@@ -460,7 +460,7 @@ class _TCPConnection(asyncio.BufferedProtocol):
         self.in_line = False
         self._stream: asyncio.Task[None] | None = None  # a transfer being written
         self._drained: asyncio.Future[None] | None = None  # set when writing may go on
-        self._peer: Any = None
+        self._peer: Any = None  # the client's address, read once when accepted
         self._buffer = bytearray()
         self._accepted = False
         self._eof = False
@@ -581,7 +581,7 @@ class _TCPConnection(asyncio.BufferedProtocol):
         self._last_query = asyncio.get_running_loop().time()
         if server.fast is not None:
             # answer_some checked the connection is open and not paused for writing.
-            hit = server.fast(query, self._slot, self.transport.get_extra_info("peername"))
+            hit = server.fast(query, self._slot, self._peer)
             if hit is not None:
                 self.transport.write(len(hit).to_bytes(2, "big") + hit)
                 return
@@ -596,11 +596,10 @@ class _TCPConnection(asyncio.BufferedProtocol):
                     self.update_reading()
                 return
         try:
-            reply = server.handle(query, True, self.transport.get_extra_info("peername"))
+            reply = server.handle(query, True, self._peer)
         except Exception:
             server.counters.handler_errors += 1
-            log.exception("handler raised on a TCP query from %s; dropping it",
-                          self.transport.get_extra_info("peername"))
+            log.exception("handler raised on a TCP query from %s; dropping it", self._peer)
             return
         if reply is None or isinstance(reply, bytes):
             self._send(query, reply, start)
@@ -610,8 +609,7 @@ class _TCPConnection(asyncio.BufferedProtocol):
     def _send(self, query: bytes, reply: Reply, start: float) -> None:
         counters = self.server.counters
         if self.server.observe is not None:
-            self.server.observe(query, reply, True,
-                                self.transport.get_extra_info("peername"), start)
+            self.server.observe(query, reply, True, self._peer, start)
         if reply is None or self.transport.is_closing():
             counters.dropped += 1
             return
