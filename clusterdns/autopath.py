@@ -40,6 +40,7 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
@@ -133,31 +134,29 @@ def candidates(base: str, zone: str, search: Sequence[str]) -> tuple[str, ...]:
     return tuple(n for n in dict.fromkeys(tried) if len(n) <= MAX_NAME)
 
 
+@dataclass(slots=True, eq=False)
 class Walk:
-    """One query's walk: the candidates, tried in order against one snapshot."""
+    """One query's walk: the candidates (``names``), tried in order against one snapshot."""
 
-    __slots__ = ("clock", "deadline", "limit", "names", "normal", "query", "rotation",
-                 "server_max", "snap", "succeeded", "upstream", "zone")
+    snap: Snapshot
+    query: wire.Query
+    zone: str
+    names: Sequence[str]
+    limit: int
+    server_max: int
+    rotation: int
+    upstream: Upstream | None
+    normal: Callable[[], bytes | Awaitable[Reply]]
+    """The reply to the name asked, were there no autopath."""
+    succeeded: Callable[[bytes], None]
+    """Told of each reply that answers another name."""
+    clock: Callable[[], float] = time.monotonic
+    deadline: float = field(init=False)
+    """Names asked upstream share one forward_deadline: past it, the name asked is
+    answered as usual (each one still has forward_deadline of its own)."""
 
-    def __init__(self, snap: Snapshot, query: wire.Query, zone: str, tried: Sequence[str],
-                 limit: int, server_max: int, rotation: int, upstream: Upstream | None,
-                 normal: Callable[[], bytes | Awaitable[Reply]],
-                 succeeded: Callable[[bytes], None],
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.snap = snap
-        self.query = query
-        self.names = tried
-        self.limit = limit
-        self.server_max = server_max
-        self.rotation = rotation
-        self.upstream = upstream
-        self.normal = normal  # the reply to the name asked, were there no autopath
-        self.succeeded = succeeded  # told of each reply that answers another name
-        self.zone = zone
-        # Names asked upstream share one forward_deadline: past it, the name asked is
-        # answered as usual (each one still has forward_deadline of its own).
-        self.clock = clock
-        self.deadline = clock() + snap.config.forward_deadline
+    def __post_init__(self) -> None:
+        self.deadline = self.clock() + self.snap.config.forward_deadline
 
     def run(self) -> bytes | Awaitable[Reply] | None:
         """The reply for the first name that exists; None when none does and none had
