@@ -229,6 +229,26 @@ def is_nxdomain(server: RunningServer, name: str) -> Callable[[], bool]:
     return lambda: a_answer(server, name)[0] == dns.rcode.NXDOMAIN
 
 
+# The Kubernetes-source tests: what the demo config watches, a demo-cluster name and its
+# address, a Service to add, and make_server's type.
+RESOURCES = ("namespaces", "services", "endpointslices")
+WEB = "web.default.svc.cluster.local."
+WEB_IP = "10.96.33.33"
+StartServer = Callable[..., RunningServer]
+
+
+def service(name: str, ip: str) -> dict[str, Any]:
+    """A ClusterIP Service ``name`` in ``default`` at ``ip``, port http 80."""
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip],
+                     "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}}
+
+
+def svc_name(name: str) -> str:
+    return f"{name}.default.svc.cluster.local."
+
+
 FAKE_BOOKMARK_INTERVAL = 0.25  # well under the tests' 1 s stall detector: quiet watches stay
 
 

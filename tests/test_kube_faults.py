@@ -38,12 +38,18 @@ import pytest
 from clusterdns.config import SourceSpec
 from clusterdns.source.kube import KubeSource, Reflector, Tuning
 from conftest import (
+    RESOURCES,
+    WEB,
+    WEB_IP,
     RunningServer,
+    StartServer,
     a_answer,
     demo_config,
     is_nxdomain,
     resolves_to,
     rrset_texts,
+    service,
+    svc_name,
     wait_until,
 )
 from fakekube import FakeKube, RequestRecord
@@ -51,26 +57,9 @@ from fakekube import FakeKube, RequestRecord
 SILENCE = 1.0  # the stall detector (watch_silence), in FAST's own override
 FAST = Tuning(watch_timeout=3.0, inactivity_timeout=SILENCE, request_timeout=5.0,
               backoff_base=0.1, backoff_cap_early=1.0)
-RESOURCES = ("namespaces", "services", "endpointslices")  # what the demo config watches
-
-WEB = "web.default.svc.cluster.local."  # 10.96.33.33 in the demo cluster
-WEB_IP = "10.96.33.33"
-
-StartServer = Callable[..., RunningServer]
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def service(name: str, ip: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": name, "namespace": "default"},
-            "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip],
-                     "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}}
-
-
-def svc_name(name: str) -> str:
-    return f"{name}.default.svc.cluster.local."
 
 
 def whole_answer(reply: dns.message.Message) -> tuple[Any, ...]:

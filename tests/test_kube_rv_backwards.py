@@ -17,39 +17,31 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from clusterdns.config import SourceSpec
 from clusterdns.source.kube import KubeSource, Tuning, older
-from conftest import RunningServer, is_nxdomain, resolves_to, wait_until
+from conftest import (
+    RESOURCES,
+    WEB,
+    WEB_IP,
+    RunningServer,
+    StartServer,
+    is_nxdomain,
+    resolves_to,
+    service,
+    svc_name,
+    wait_until,
+)
 from fakekube import TOO_NEW_MODES, FakeKube
 
 # Fast reconnects; a 2 s silence limit makes every watch end after 1 s, so the "silent"
 # mode's empty watches show within about a second.
 TUNING = Tuning(request_timeout=5.0, backoff_base=0.05, backoff_cap_early=0.5)
 SILENCE = 2.0
-RESOURCES = ("namespaces", "services", "endpointslices")
-WEB = "web.default.svc.cluster.local."
-WEB_IP = "10.96.33.33"
 CONVERGE = 5.0  # seconds for DNS to show the restored cluster
-
-StartServer = Callable[..., RunningServer]
-
-
-def service(name: str, ip: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": name, "namespace": "default"},
-            "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip],
-                     "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}}
-
-
-def svc(name: str) -> str:
-    return f"{name}.default.svc.cluster.local."
-
 
 def restarts(server: RunningServer, reason: str) -> dict[str, int]:
     kube = server.app.kube
@@ -107,7 +99,7 @@ def test_after_the_api_server_is_restored_to_an_older_version_dns_shows_the_rest
     fake.apply(service("doomed", "10.96.70.1"))
     moved = service("web", "10.96.70.9")
     fake.apply(moved)
-    wait_until(resolves_to(server, svc("doomed"), "10.96.70.1"), 3, "doomed is served")
+    wait_until(resolves_to(server, svc_name("doomed"), "10.96.70.1"), 3, "doomed is served")
     wait_until(resolves_to(server, WEB, "10.96.70.9"), 3, "web moved")
     ours = caught_up(server, fake)
     caplog.clear()
@@ -117,9 +109,9 @@ def test_after_the_api_server_is_restored_to_an_older_version_dns_shows_the_rest
     born = fake.apply(service("born-after-restore", "10.96.70.2"))
     assert int(born) < int(ours)  # a watch from ``ours`` would never be told about it
 
-    wait_until(resolves_to(server, svc("born-after-restore"), "10.96.70.2"), CONVERGE,
+    wait_until(resolves_to(server, svc_name("born-after-restore"), "10.96.70.2"), CONVERGE,
                "a service created after the restore is served")
-    wait_until(is_nxdomain(server, svc("doomed")), 1, "a service the restore deleted is gone")
+    wait_until(is_nxdomain(server, svc_name("doomed")), 1, "a service the restore deleted is gone")
     wait_until(resolves_to(server, WEB, WEB_IP), 1, "a service the restore changed is back")
     took = time.monotonic() - restored_at
     assert took < CONVERGE
@@ -148,11 +140,11 @@ def test_after_a_restore_every_kind_relists_once_and_then_watches_the_new_histor
         fake: FakeKube, server: RunningServer) -> None:
     backup = fake.resource_version
     fake.apply(service("doomed", "10.96.70.1"))
-    wait_until(resolves_to(server, svc("doomed"), "10.96.70.1"), 3, "doomed is served")
+    wait_until(resolves_to(server, svc_name("doomed"), "10.96.70.1"), 3, "doomed is served")
     caught_up(server, fake)
     fake.clear_log()
     fake.restore(backup, too_new="status")
-    wait_until(is_nxdomain(server, svc("doomed")), CONVERGE, "doomed is gone")
+    wait_until(is_nxdomain(server, svc_name("doomed")), CONVERGE, "doomed is gone")
     time.sleep(1.0)  # room for a relist loop to show itself
 
     for plural in RESOURCES:
@@ -168,4 +160,4 @@ def test_after_a_restore_every_kind_relists_once_and_then_watches_the_new_histor
 
     # New changes flow through the watch again.
     fake.apply(service("after", "10.96.70.3"))
-    wait_until(resolves_to(server, svc("after"), "10.96.70.3"), 2, "a later change is served")
+    wait_until(resolves_to(server, svc_name("after"), "10.96.70.3"), 2, "a later change is served")
