@@ -45,7 +45,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.rdtypes.ANY.SOA
 
-from bench.cluster import namespace_of, write_json_list
+from bench.cluster import add_cluster_arguments, namespace_of, write_json_list
 from bench.dnsperf_common import free_port, machine_load, wait_answering
 from bench.scale import Table, markdown, median, status_mb, stop
 
@@ -318,9 +318,7 @@ def main_table(runs: int = 3) -> Table:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--services", type=int, default=10_000)
-    parser.add_argument("--endpoints", type=int, default=100_000)
+    add_cluster_arguments(parser)
     args = parser.parse_args()
     print(markdown(*measure(args.runs, args.services, args.endpoints)))
 

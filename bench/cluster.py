@@ -9,6 +9,7 @@ their endpoints get names of their own (the churn bench changes those).
 
 from __future__ import annotations
 
+import argparse
 import json
 import textwrap
 from collections.abc import Iterator
@@ -61,3 +62,11 @@ def write_json_list(path: Path, services: int = 10_000, endpoints: int = 100_000
         out.write('\n    ],\n    "kind": "List",\n    "metadata": {\n'
                   '        "resourceVersion": ""\n    }\n}\n')
     return path
+
+
+def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--runs``, ``--services`` and ``--endpoints``: how many runs of which cluster, as
+    the scripts that measure this cluster's shape take them."""
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--services", type=int, default=10_000)
+    parser.add_argument("--endpoints", type=int, default=100_000)

@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.cluster import namespace_of, write_json_list
+from bench.cluster import add_cluster_arguments, namespace_of, write_json_list
 from bench.dnsperf_common import free_port, machine_load, wait_answering
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -246,9 +246,7 @@ def main_table(runs: int = 3) -> Table:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--services", type=int, default=10_000)
-    parser.add_argument("--endpoints", type=int, default=100_000)
+    add_cluster_arguments(parser)
     parser.add_argument("--skip-bytes", action="store_true",
                         help="leave out the tracemalloc bytes-per-object measurement")
     parser.add_argument("--child", nargs=2, metavar=("MODE", "PATH"), help=argparse.SUPPRESS)
