@@ -266,10 +266,7 @@ class Forwarder:
         chain = (cname,) if reply.answer else ()
         if entry is None:
             return wire.relay(query, reply, limit, self.max_udp_size, chain=chain, stale=stale)
-        floor = (self.config.cache_min_ttl if entry.kind == "success"
-                 else self.config.cache_negative_min_ttl)
-        return wire.relay(query, reply, limit, self.max_udp_size, chain=chain,
-                          ttl_cap=entry.ttl, ttl_floor=floor, age=age)
+        return self._relay(query, limit, chain, entry, age, remember=False)
 
     def _lookup(self, query: wire.Query, name: str
                 ) -> tuple[CacheKey, CacheEntry | None, int | None]:
