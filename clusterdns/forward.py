@@ -238,17 +238,11 @@ class Forwarder:
     async def _candidate(self, query: wire.Query, limit: int, name: str, cname: Record,
                          key: CacheKey, old: CacheEntry | None) -> Step:
         try:
-            reply = await self._ask(wire.labels_of(name), query.qtype, query.qclass, key[3],
-                                    bool(query.flags & wire.FLAG_CD),
-                                    tcp=limit == wire.TCP_MAX)
-            if reply is not None and reply.rcode in (wire.RCODE_NOERROR, wire.RCODE_NXDOMAIN):
-                return self._walked(query, limit, cname, reply, self._store(key, reply), 0)
-            if old is None:
-                old = self._cached(key)
-            if old is not None:
-                self.stats.stale_served += 1
-                return self._walked(query, limit, cname, old.reply, None, 0, stale=True)
-            return Miss.FAILED
+            reply, entry, stale = await self._fetch(query, limit, wire.labels_of(name), key,
+                                                    old)
+            if reply is None:
+                return Miss.FAILED
+            return self._walked(query, limit, cname, reply, entry, 0, stale=stale)
         except Exception:
             log.exception("error while asking upstream for an autopath candidate; answering "
                           "the name asked instead")
@@ -354,22 +348,12 @@ class Forwarder:
                        labels: Sequence[bytes], key: CacheKey,
                        old: CacheEntry | None, remember: bool) -> bytes | None:
         try:
-            reply = await self._ask(labels, query.qtype, query.qclass, key[3],
-                                    bool(query.flags & wire.FLAG_CD),
-                                    tcp=limit == wire.TCP_MAX)
-            if reply is not None and reply.rcode in (wire.RCODE_NOERROR, wire.RCODE_NXDOMAIN):
-                entry = self._store(key, reply)
-                if entry is not None:
-                    return self._relay(query, limit, chain, entry, 0, remember=remember)
-                return wire.relay(query, reply, limit, self.max_udp_size, chain=chain)
-            if old is None:
-                old = self._cached(key)  # may have been refreshed meanwhile
-            if old is not None:
-                self.stats.stale_served += 1
-                return wire.relay(query, old.reply, limit, self.max_udp_size, chain=chain,
-                                  stale=True)
+            reply, entry, stale = await self._fetch(query, limit, labels, key, old)
+            if entry is not None:
+                return self._relay(query, limit, chain, entry, 0, remember=remember)
             if reply is not None:
-                return wire.relay(query, reply, limit, self.max_udp_size, chain=chain)
+                return wire.relay(query, reply, limit, self.max_udp_size, chain=chain,
+                                  stale=stale)
             tried = ", ".join(str(u) for u in self.upstreams)
             return self._error(query, limit, chain, Outcome.SERVFAIL,
                                wire.EDE_NO_REACHABLE_AUTHORITY,
@@ -381,6 +365,24 @@ class Forwarder:
                                "internal error while forwarding")
         finally:
             self.inflight -= 1
+
+    async def _fetch(self, query: wire.Query, limit: int, labels: Sequence[bytes],
+                     key: CacheKey, old: CacheEntry | None
+                     ) -> tuple[wire.UpstreamReply | None, CacheEntry | None, bool]:
+        """Ask the upstreams about ``labels`` as ``query`` asks: (reply, its new cache
+        entry if cached, False) for a NOERROR or NXDOMAIN; else (the reply of ``old`` or
+        of the entry cached meanwhile, None, True), stale; else (the upstream's other
+        reply or None when there was none, None, False)."""
+        reply = await self._ask(labels, query.qtype, query.qclass, key[3],
+                                bool(query.flags & wire.FLAG_CD), tcp=limit == wire.TCP_MAX)
+        if reply is not None and reply.rcode in (wire.RCODE_NOERROR, wire.RCODE_NXDOMAIN):
+            return reply, self._store(key, reply), False
+        if old is None:
+            old = self._cached(key)  # may have been refreshed meanwhile
+        if old is not None:
+            self.stats.stale_served += 1
+            return old.reply, None, True
+        return reply, None, False
 
     def _store(self, key: CacheKey, reply: wire.UpstreamReply) -> CacheEntry | None:
         """Cache ``reply`` if it may be; the entry."""
