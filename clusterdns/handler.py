@@ -177,10 +177,9 @@ class Handler:
                 wanted = fast.wanted_rotation(data, tcp)
                 if wanted is not None:
                     rotation = wanted
-            if query.qtype in TRANSFER_TYPES and in_zone and snap.synced:
+            decision = resolver.resolve(snap, query.qname, query.qtype, rotation)
+            if decision is resolver.TRANSFER_REFUSED:
                 decision = self._transfer_refused(query, snap, tcp)
-            else:
-                decision = resolver.resolve(snap, query.qname, query.qtype, rotation)
             if (decision.outcome is Outcome.NXDOMAIN and not decision.answer
                     and snap.config.autopath):
                 shaped = autopath.shape(snap, query.qname)
@@ -207,7 +206,8 @@ class Handler:
         return reply
 
     def _transfer_refused(self, query: wire.Query, snap: Snapshot, tcp: bool) -> Decision:
-        """A transfer query of one of our zones that reached ``handle``: REFUSED."""
+        """A transfer query of a synced zone of ours that reached ``handle`` (``resolve``
+        gave ``TRANSFER_REFUSED``): REFUSED, saying why."""
         zone = snap.zone_for(query.qname) or ""
         if self.transfers is None:
             why = "zone transfer is not enabled"

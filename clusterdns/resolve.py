@@ -48,6 +48,11 @@ class Decision:
     ede: tuple[EDE, str] | None = None
 
 
+TRANSFER_REFUSED = Decision(Outcome.REFUSED,
+                            ede=(EDE.NOT_SUPPORTED, "zone transfer is not enabled"))
+"""``resolve``'s answer to a transfer query (AXFR, IXFR) of a synced zone of ours: it
+does not transfer (the handler says why, and starts the transfers that may run)."""
+
 MAX_CHAIN = 16
 """In-zone CNAMEs followed for one answer (BIND's limit too); a longer chain is answered
 as far as this, and the client may go on from its last target."""
@@ -89,7 +94,7 @@ def resolve(snap: Snapshot, qname: str, qtype: int, rotation: int = 0) -> Decisi
     if not snap.synced:
         return Decision(Outcome.SERVFAIL, ede=(EDE.NOT_READY, "not synced with the API server"))
     if qtype in (RRType.AXFR, RRType.IXFR):
-        return Decision(Outcome.REFUSED, ede=(EDE.NOT_SUPPORTED, "zone transfer is not enabled"))
+        return TRANSFER_REFUSED
 
     chain: list[Record] = []
     seen = {qname}
