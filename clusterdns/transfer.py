@@ -5,7 +5,7 @@ is the one answer that is not a single message. It lists a whole zone from one s
 generation, possibly hundreds of thousands of records, in many messages that the server
 writes one at a time as the client reads them. The rules of that answer live here, in
 pure code: the allow-list (``TransferPolicy``, CoreDNS's ``transfer { to ... }``), which
-names belong to a zone (``zone_records``: the names whose most specific zone of ours it
+names belong to a zone (``paced_records``: the names whose most specific zone of ours it
 is), and ``Transfer``, an iterator of finished messages that holds its snapshot to the
 end, so every message comes from the generation the first SOA names, however many
 publishes happen meanwhile. The socket side (back-pressure, yielding the event loop
@@ -79,22 +79,17 @@ class TransferPolicy:
         return not self.zones or zone in self.zones
 
 
-def zone_records(snap: Snapshot, zone: str) -> Iterator[Record]:
+def paced_records(snap: Snapshot, zone: str, records: int = 0,
+                  names_passed: int = 0) -> Iterator[Record | None]:
     """Every record of ``zone`` except its SOA, in no particular order (RFC 5936 §2.2):
     those of the names whose most specific zone of ours is ``zone`` (a narrower zone of
     ours, such as ``10.in-addr.arpa`` inside ``in-addr.arpa``, is a zone of its own).
+    A None after every ``records`` records and after every ``names_passed`` names of
+    other zones: points where the event loop may run other work (0: none).
 
     A generator over the snapshot's frozen index: it holds no list of names, and the
     index it reads is never written again, whatever is published meanwhile.
     """
-    return (rec for rec in paced_records(snap, zone) if rec is not None)
-
-
-def paced_records(snap: Snapshot, zone: str, records: int = 0,
-                  names_passed: int = 0) -> Iterator[Record | None]:
-    """``zone_records``, with a None after every ``records`` records and after every
-    ``names_passed`` names of other zones: points where the event loop may run other
-    work (0: none)."""
     inner = tuple("." + z for z in snap.zones if z != zone and names.is_subdomain(z, zone))
     suffix = "." + zone
     nodes = snap.nodes
