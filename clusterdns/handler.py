@@ -193,9 +193,7 @@ class Handler:
                 onward = _onward(snap, query, decision)
                 if onward is not None:
                     return fwd.answer(query, limit, *onward, ours=True)
-        reply = wire.encode(query, decision, limit, self.max_udp_size)
-        if reply[2] & 0x02:
-            self.stats.truncated += 1
+        reply = self._counted(wire.encode(query, decision, limit, self.max_udp_size))
         # Out-of-zone replies are stored only without a forwarder (else metrics would count
         # them as forwarded); transfer queries never (their answer depends on the client).
         if fast is not None and (in_zone or fwd is None) and query.qtype not in TRANSFER_TYPES:
@@ -324,6 +322,7 @@ class Handler:
                              limit, self.max_udp_size, rotation, fwd, normal, succeeded).run()
 
     def _counted(self, reply: bytes) -> bytes:
+        """``reply``, counted in ``stats.truncated`` when it carries TC."""
         if reply[2] & 0x02:
             self.stats.truncated += 1
         return reply
